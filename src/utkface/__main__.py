@@ -1,0 +1,5 @@
+"""`python -m utkface` is the same as the `utkface` command."""
+
+from utkface.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Labels from UTKFace file names: `age_gender_race_datetime.jpg.chip.jpg`.
+
+The original download has a few malformed names (no race field, a stray space, a missing dot,
+odd datetime lengths). A name is kept when its age and gender are sound; race may be unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_AGE = 116
+NUM_AGES = MAX_AGE + 1
+GENDERS = ("male", "female")  # index = label
+RACES = ("White", "Black", "Asian", "Indian", "Others")  # index = label
+UNKNOWN_RACE = -1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# Leading fields: age, gender and (optionally) race, then whatever the datetime part is.
+_NAME = re.compile(r"^\s*(?P<age>\d+)_(?P<gender>\d+)(?:_(?P<race>\d+))?(?:_(?P<rest>.*))?$")
+
+
+class LabelError(ValueError):
+    """A file name that carries no usable label; the message says why."""
+
+
+@dataclass(frozen=True)
+class Label:
+    age: int
+    gender: int
+    race: int  # UNKNOWN_RACE when the name has no race field
+
+
+def parse_name(name: str) -> Label:
+    """Parse a UTKFace file name (base name, any directory is ignored).
+
+    Raises `LabelError` with a reason when age or gender cannot be read or are out of range.
+    A race field that is missing or out of range is recorded as unknown, not an error.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    match = _NAME.match(base)
+    if match is None:
+        raise LabelError("name does not start with age_gender_")
+    age, gender = int(match["age"]), int(match["gender"])
+    if not 0 <= age <= MAX_AGE:
+        raise LabelError(f"age {age} outside 0..{MAX_AGE}")
+    if gender not in (0, 1):
+        raise LabelError(f"gender {gender} is not 0 (male) or 1 (female)")
+    # A missing race field ("39_1_2017....jpg") leaves the datetime in `rest`, not in `race`.
+    race = int(match["race"]) if match["race"] is not None else UNKNOWN_RACE
+    if not 0 <= race < len(RACES):
+        race = UNKNOWN_RACE
+    return Label(age=age, gender=gender, race=race)
