@@ -10,7 +10,6 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,8 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Larger inputs are refused rather than decoded: a 10k x 10k photo is plenty for a face.
 MAX_PIXELS = 100_000_000
 RESAMPLE = Image.Resampling.BILINEAR
+ORIENTATION = 0x0112  # the EXIF tag that says how the camera was held
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
 class ImageError(ValueError):
@@ -34,14 +34,10 @@ def open_rgb(src: ImageSource, draft_size: int | None = None) -> Image.Image:
     """
     if isinstance(src, np.ndarray):
         return _array_to_pil(src)
-    if isinstance(src, Image.Image):
-        image = src
-    else:
-        image = _open_file(src)
+    image = src if isinstance(src, Image.Image) else _open_file(src, draft_size)
     try:
-        if draft_size and image.format == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"cannot decode image: {error}") from error
@@ -54,7 +50,7 @@ def load_rgb(src: ImageSource, size: int) -> np.ndarray:
 
 
 def square_resize(image: Image.Image, size: int) -> np.ndarray:
-    """Centre square crop, then resize to `(size, size, 3)` uint8 (the crop is a no-op on UTKFace)."""
+    """Centre square crop, then resize to `(size, size, 3)` uint8 (no crop on UTKFace)."""
     width, height = image.size
     side = min(width, height)
     if side == 0:
@@ -67,7 +63,7 @@ def square_resize(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _open_file(src: str | os.PathLike | bytes) -> Image.Image:
+def _open_file(src: str | os.PathLike | bytes, draft_size: int | None) -> Image.Image:
     if isinstance(src, bytes):
         if not src:
             raise ImageError("empty file (0 bytes)")
@@ -86,6 +82,8 @@ def _open_file(src: str | os.PathLike | bytes) -> Image.Image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageError(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS})")
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
             image.load()
     except ImageError:
         raise

@@ -44,7 +44,9 @@ def predict_arrays(
     chunks: dict[str, list[np.ndarray]] = {}
     try:
         for start in range(0, len(images), batch_size):
-            decoded = decode_outputs(forward_raw(model, preprocess, images[start : start + batch_size], tta))
+            decoded = decode_outputs(
+                forward_raw(model, preprocess, images[start : start + batch_size], tta)
+            )
             for key, value in decoded.items():
                 chunks.setdefault(key, []).append(value.float().cpu().numpy())
     finally:

@@ -48,7 +48,9 @@ class MultiTaskNet(nn.Module):
         self.backbone = _torchvision_backbone(backbone, pretrained)
         features = _feature_width(self.backbone)
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({task: nn.Linear(features, TASK_OUTPUTS[task]) for task in tasks})
+        self.heads = nn.ModuleDict(
+            {task: nn.Linear(features, TASK_OUTPUTS[task]) for task in tasks}
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.dropout(self.backbone(x))  # (B, F)

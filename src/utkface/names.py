@@ -51,3 +51,25 @@ def parse_name(name: str) -> Label:
     if not 0 <= race < len(RACES):
         race = UNKNOWN_RACE
     return Label(age=age, gender=gender, race=race)
+
+
+# Age bands used by the dataset summary and every per-group breakdown: (label, low, high).
+AGE_BANDS = (
+    ("0-2", 0, 2),
+    ("3-9", 3, 9),
+    ("10-19", 10, 19),
+    ("20-29", 20, 29),
+    ("30-39", 30, 39),
+    ("40-49", 40, 49),
+    ("50-59", 50, 59),
+    ("60-69", 60, 69),
+    ("70+", 70, MAX_AGE),
+)
+
+
+def age_band(age: int) -> str:
+    """The label of the band an age falls into, e.g. `age_band(25) == "20-29"`."""
+    for label, low, high in AGE_BANDS:
+        if low <= age <= high:
+            return label
+    raise ValueError(f"age {age} outside 0..{MAX_AGE}")

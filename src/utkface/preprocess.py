@@ -42,6 +42,3 @@ class Preprocess:
     @classmethod
     def from_dict(cls, values: dict) -> Preprocess:
         return cls(size=int(values["size"]), mean=tuple(values["mean"]), std=tuple(values["std"]))
-
-
-
