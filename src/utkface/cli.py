@@ -20,15 +20,20 @@ def add_prepare_parser(subparsers) -> None:
 
     def run(args) -> int:
         from utkface.data import prepare
+        from utkface.sources import SourceError
 
-        dataset = prepare(
-            args.data,
-            size=args.size,
-            out=args.out,
-            seed=args.seed,
-            workers=args.workers,
-            progress=True,
-        )
+        try:
+            dataset = prepare(
+                args.data,
+                size=args.size,
+                out=args.out,
+                seed=args.seed,
+                workers=args.workers,
+                progress=True,
+            )
+        except SourceError as error:  # a missing or unreadable --data: say so, no traceback
+            print(f"utkface prepare: {error}", file=sys.stderr)
+            return 2
         print(dataset.summary())
         return 0
 

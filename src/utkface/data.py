@@ -3,10 +3,14 @@
     utkface prepare --data ../shared/UTKFace.tar.gz --size 128
 
 A file's split is a pure function of its base name and the seed (a hash), so reruns and added
-files never move a file between splits; with thousands of files per age band and gender the
-hash split is stratified to within about a percentage point. Decoded images are cached as one
-uint8 `.npy` array (memory-mapped on load) together with the manifest and the list of skipped
-files; a second `prepare` with the same inputs and settings opens the cache at once.
+files never move a file between splits. Stratification by age band and gender therefore holds in
+expectation, not exactly: each stratum's share of a split differs from the target by binomial
+noise, about sqrt(p(1 - p) / n). On the shared archive (strata of 413 to 3,869 files, seed 0)
+the largest deviation is 3.7 percentage points; tests/test_data.py checks every stratum.
+
+Decoded images are cached as one uint8 `.npy` array (memory-mapped on load) together with the
+manifest and the list of skipped files; a second `prepare` with the same inputs and settings
+opens the cache at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import PIL
 from tqdm import tqdm
 
 from utkface import images as image_io
@@ -33,7 +38,8 @@ from utkface.sources import fingerprint, iter_members
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1  # bump when the cached pixels or manifest would change
-DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "UTKFace.tar.gz"
+# <checkout>/src/utkface/data.py -> <checkout>/../shared/UTKFace.tar.gz
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "UTKFace.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,7 @@ def prepare(
         "size": size,
         "seed": seed,
         "fractions": [float(f) for f in fractions],
+        "pillow": PIL.__version__,  # another decoder version may give other pixels
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache_dir = Path(out or default_cache()) / f"{source.name.split('.')[0]}-{size}px-{key}"

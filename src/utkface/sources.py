@@ -10,6 +10,7 @@ import hashlib
 import os
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -46,6 +47,8 @@ def iter_members(source: str | os.PathLike) -> Iterator[Member]:
 def fingerprint(source: str | os.PathLike) -> str:
     """A cheap identity of the source's content: paths, sizes and modification times."""
     path = Path(source).resolve()
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
     digest = hashlib.sha256(str(path).encode())
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
@@ -72,7 +75,13 @@ def unsafe_reason(name: str) -> str | None:
 def _iter_folder(root: Path) -> Iterator[Member]:
     resolved_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        # os.walk lists links to folders among the folders and never enters them: report them
+        # here, or their files would vanish without a trace.
+        links = sorted(d for d in dirnames if Path(dirpath, d).is_symlink())
+        dirnames[:] = sorted(d for d in dirnames if d not in links)
+        for link in links:
+            name = Path(dirpath, link).relative_to(root).as_posix()
+            yield Member(name, None, "symbolic link to a folder (not followed)")
         for filename in sorted(filenames):
             file = Path(dirpath, filename)
             name = file.relative_to(root).as_posix()
@@ -81,7 +90,12 @@ def _iter_folder(root: Path) -> Iterator[Member]:
             elif not file.is_file():
                 yield Member(name, None, "not a regular file")
             else:
-                yield Member(name, file.read_bytes())
+                try:
+                    data = file.read_bytes()
+                except OSError as error:  # unreadable: one file, not the whole run
+                    yield Member(name, None, f"cannot read file ({error.strerror or error})")
+                    continue
+                yield Member(name, data)
 
 
 def _is_tar(path: Path) -> bool:
@@ -107,7 +121,7 @@ def _iter_tar(path: Path) -> Iterator[Member]:
                     continue
                 handle = archive.extractfile(info)
                 yield Member(info.name, handle.read() if handle else b"")
-    except (tarfile.TarError, OSError, EOFError) as error:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise SourceError(f"{path}: damaged archive ({error})") from error
 
 
@@ -124,8 +138,15 @@ def _iter_zip(path: Path) -> Iterator[Member]:
                     yield Member(info.filename, None, problem)
                     continue
                 try:
-                    yield Member(info.filename, archive.read(info))
-                except (zipfile.BadZipFile, OSError) as error:
+                    data = archive.read(info)
+                # Corrupt deflate data raises zlib.error, an encrypted member RuntimeError, an
+                # unsupported compression method NotImplementedError: all confined to one member.
+                except (zipfile.BadZipFile, OSError, zlib.error) as error:
                     yield Member(info.filename, None, f"damaged archive member ({error})")
+                    continue
+                except (RuntimeError, NotImplementedError) as error:
+                    yield Member(info.filename, None, f"unreadable archive member ({error})")
+                    continue
+                yield Member(info.filename, data)
     except zipfile.BadZipFile as error:
         raise SourceError(f"{path}: damaged archive ({error})") from error
