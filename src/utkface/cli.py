@@ -40,7 +40,130 @@ def add_prepare_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-PARSERS = [add_prepare_parser]
+def add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a checkpoint to ONNX, checked for parity with PyTorch"
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file from `train`")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
+    parser.add_argument("--out", help="output file (default: the checkpoint with .onnx)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    parser.add_argument(
+        "--images",
+        help="folder/.tar.gz/.zip of images for the parity check "
+        "(default: the shared UTKFace archive, $UTKFACE_DATA)",
+    )
+    parser.add_argument("--no-check", action="store_true", help="skip the parity check")
+
+    def run(args) -> int:
+        from utkface.checkpoint import CheckpointError
+        from utkface.export import DEFAULT_OPSET, ParityError, export_onnx
+
+        try:
+            export_onnx(
+                args.checkpoint,
+                args.out,
+                opset=args.opset or DEFAULT_OPSET,
+                check=not args.no_check,
+                images=args.images,
+            )
+        except (CheckpointError, ParityError, ImportError, ValueError) as error:
+            print(f"utkface export: {error}", file=sys.stderr)
+            return 1
+        return 0
+
+    parser.set_defaults(func=run)
+
+
+def add_serve_parser(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="web demo and JSON API for a checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) or export (.onnx)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--max-mb", type=float, default=10.0, help="largest upload in MB")
+    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
+
+    def run(args) -> int:
+        from utkface.serve import run as serve
+
+        serve(
+            args.checkpoint,
+            host=args.host,
+            port=args.port,
+            backend=args.backend,
+            max_bytes=int(args.max_mb * 2**20),
+            max_pixels=int(args.max_megapixels * 1e6),
+        )
+        return 0
+
+    parser.set_defaults(func=run)
+
+
+def add_train_parser(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a model (prepares the data when needed)")
+    parser.add_argument("--data", help="UTKFace folder, .tar.gz or .zip (default: $UTKFACE_DATA)")
+    parser.add_argument("--config", help="YAML/TOML file of training settings")
+    parser.add_argument(
+        "--model", help="mobilenet_v2 (default), other backbones, seed, seed_gender, seed_age"
+    )
+    parser.add_argument("--tasks", type=lambda s: tuple(s.split(",")), help="e.g. age,gender,race")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        dest="time_budget",
+        help="minutes for the whole run; the schedule is fitted to it",
+    )
+    parser.add_argument("--size", type=int, help="input side in pixels")
+    parser.add_argument("--batch-size", type=int, dest="batch_size")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto, cpu, cuda or mps")
+    parser.add_argument("--threads", type=int, help="CPU threads (0 = all cores)")
+    parser.add_argument(
+        "--subset", type=float, default=1.0, help="use this share of each split (quick runs)"
+    )
+    parser.add_argument("--out", help="run folder (default: runs/<time>-<model>)")
+    parser.add_argument("--cache", help="dataset cache folder")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+
+    def run(args) -> int:
+        from utkface.config import resolve_config
+        from utkface.train import load_run_config, train
+
+        if args.resume:
+            config, out = load_run_config(args.resume), args.resume
+        else:
+            keys = (
+                "model",
+                "tasks",
+                "epochs",
+                "time_budget",
+                "size",
+                "batch_size",
+                "lr",
+                "pretrained",
+                "seed",
+                "device",
+                "threads",
+            )
+            config = resolve_config(args.config, **{key: getattr(args, key) for key in keys})
+            out = args.out
+        train(
+            config, args.data, out, cache=args.cache, resume=bool(args.resume), subset=args.subset
+        )
+        return 0
+
+    parser.set_defaults(func=run)
+
+
+PARSERS = [
+    add_prepare_parser,
+    add_export_parser,
+    add_serve_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

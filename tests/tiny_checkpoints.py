@@ -1,0 +1,39 @@
+"""Tiny random-init checkpoints whose predictions still depend on the image.
+
+A freshly initialised MobileNetV2 in eval mode maps every image to almost the same features
+(running statistics mean 0, var 1), so parity on it would compare constants. Estimating the
+batch-norm statistics from a few real crops and scaling the heads up gives outputs that vary
+from image to image, which is what export parity and API tests need. Used by test_export.py
+and test_serve.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utkface.checkpoint import model_spec, save_checkpoint
+from utkface.models import build_model
+from utkface.preprocess import Preprocess
+
+
+def tiny_checkpoint(
+    path: Path, images: np.ndarray, size: int = 64, tasks=("age", "gender"), seed: int = 0
+) -> Path:
+    """Write a random-init `mobilenet_v2` checkpoint with batch-norm statistics from `images`
+    (uint8 `(N, size, size, 3)`) and heads scaled so logits spread over several units."""
+    torch.manual_seed(seed)
+    model = build_model("mobilenet_v2", tasks, pretrained=False)
+    preprocess = Preprocess(size=size)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # a plain average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(preprocess(images))
+        for head in model.heads.values():
+            head.weight.mul_(10.0)
+    save_checkpoint(path, model.eval(), model_spec("mobilenet_v2", tasks), preprocess)
+    return path
