@@ -3,6 +3,7 @@ the ONNX Runtime backend, and the missing-extra error."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 
@@ -18,6 +19,7 @@ from utkface import export  # noqa: E402
 from utkface.checkpoint import load_checkpoint  # noqa: E402
 from utkface.cli import main  # noqa: E402
 from utkface.inference import predict_arrays  # noqa: E402
+from utkface.sources import iter_members  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,21 @@ def test_missing_extra_names_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
     with pytest.raises(ImportError, match=r"utkface\[onnx\]"):
         export.OnnxBackend(tmp_path / "any.onnx")
+
+
+def test_predictor_onnx_backend_matches_torch_backend(exported64, real_data):
+    from utkface.predict import Predictor
+
+    checkpoint, path = exported64
+    crops = [m.data for m in itertools.islice(iter_members(real_data), 1, 400, 40)]
+    want = Predictor.from_checkpoint(checkpoint, faces="aligned").predict(crops)
+    # a .pt checkpoint is exported in memory; an .onnx file is loaded as it is
+    for source in (checkpoint, path):
+        predictor = Predictor.from_checkpoint(source, backend="onnx", faces="aligned")
+        assert predictor.backend_name == "onnx"
+        got = predictor.predict(crops)
+        for a, b in zip(got, want):
+            (fa,), (fb,) = a.faces, b.faces
+            assert fa.age == pytest.approx(fb.age, abs=export.TOLERANCE["age"])
+            assert fa.gender_prob == pytest.approx(fb.gender_prob, abs=1e-3)
+            assert abs(fa.age_low - fb.age_low) <= 1 and abs(fa.age_high - fb.age_high) <= 1

@@ -80,21 +80,31 @@ def add_serve_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) or export (.onnx)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument(
+        "--backend", choices=("torch", "onnx"), help="default: onnx for an .onnx file, else torch"
+    )
+    parser.add_argument("--faces", choices=("auto", "detect", "aligned"), default="auto")
     parser.add_argument("--max-mb", type=float, default=10.0, help="largest upload in MB")
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
 
     def run(args) -> int:
+        from utkface.checkpoint import CheckpointError
         from utkface.serve import run as serve
 
-        serve(
-            args.checkpoint,
-            host=args.host,
-            port=args.port,
-            backend=args.backend,
-            max_bytes=int(args.max_mb * 2**20),
-            max_pixels=int(args.max_megapixels * 1e6),
-        )
+        backend = args.backend or ("onnx" if args.checkpoint.endswith(".onnx") else "torch")
+        try:
+            serve(
+                args.checkpoint,
+                host=args.host,
+                port=args.port,
+                backend=backend,
+                faces=args.faces,
+                max_bytes=int(args.max_mb * 2**20),
+                max_pixels=int(args.max_megapixels * 1e6),
+            )
+        except (CheckpointError, ImportError, ValueError) as error:
+            print(f"utkface serve: {error}", file=sys.stderr)
+            return 2
         return 0
 
     parser.set_defaults(func=run)
