@@ -40,6 +40,64 @@ def add_prepare_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def add_evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a checkpoint: metrics, breakdowns, calibration, plots, report"
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file from `train`")
+    parser.add_argument("--data", help="UTKFace folder/.tar.gz/.zip (default: $UTKFACE_DATA)")
+    parser.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        default=None,
+        help="a split of the prepared --data, or 'all' to scan every file of --data without "
+        "preparing it (default: test without --data, all with --data)",
+    )
+    parser.add_argument("--out", help="report folder (default: beside the checkpoint)")
+    parser.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", help="cpu, cuda, mps (default: cuda if available)")
+    parser.add_argument("--cache", help="prepare cache folder (default: $UTKFACE_CACHE)")
+    parser.add_argument("--split-seed", type=int, help="split seed (default: the checkpoint's)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+    def run(args) -> int:
+        from pathlib import Path
+
+        from utkface.checkpoint import CheckpointError
+        from utkface.evaluate import EvaluationError, evaluate, summary
+        from utkface.sources import SourceError
+
+        name = args.split or ("all" if args.data else "test")
+        if args.data and name == "all":
+            name = Path(args.data).name.split(".")[0]
+        out = args.out or Path(args.checkpoint).parent / f"eval-{name}"
+        try:
+            report = evaluate(
+                args.checkpoint,
+                data=args.data,
+                split=args.split,
+                out=out,
+                tta=args.tta,
+                batch_size=args.batch_size,
+                device=args.device,
+                cache=args.cache,
+                split_seed=args.split_seed,
+                workers=args.workers,
+                make_plots=not args.no_plots,
+                progress=True,
+            )
+        except (CheckpointError, EvaluationError, SourceError) as error:
+            print(f"utkface evaluate: {error}", file=sys.stderr)
+            return 2
+        print(summary(report))
+        print(f"written to {out}")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
 def add_export_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "export", help="export a checkpoint to ONNX, checked for parity with PyTorch"
@@ -171,6 +229,7 @@ def add_train_parser(subparsers) -> None:
 
 PARSERS = [
     add_prepare_parser,
+    add_evaluate_parser,
     add_export_parser,
     add_serve_parser,
 ]

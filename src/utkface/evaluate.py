@@ -1,0 +1,484 @@
+"""Score a checkpoint: metrics, per-group breakdowns, calibration, plots and a report.
+
+    utkface evaluate --checkpoint runs/x/best.pt                  # test split of the default data
+    utkface evaluate --checkpoint best.pt --data held_out/        # any UTKFace-named folder, whole
+    utkface evaluate --checkpoint best.pt --data UTKFace.tar.gz --split val
+
+What is scored: `split` "train", "val" or "test" is that split of `data` (default: the shared
+UTKFace download) prepared by `data.prepare` at the checkpoint's input size, through the same
+cache as training; `split="all"` scans every file of `data` with `data.scan`, without a
+manifest, so a separately held set is scored without being prepared. `split=None` means "test"
+when no `data` is given and "all" when it is. Files that cannot be used are listed, with reasons.
+
+The forward pass is `inference.predict_arrays` with the checkpoint's own `Preprocess` (optionally
+averaged with the mirrored image), the numbers come from `metrics`, and only the tasks the model
+has are scored. With `out`, the folder gets report.json (stable keys), report.md, predictions.csv
+and the plots of `plots.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utkface import data as data_module
+from utkface import metrics, plots
+from utkface.checkpoint import load_checkpoint
+from utkface.inference import predict_arrays
+from utkface.models import INTERVAL
+from utkface.names import RACES
+
+REPORT_VERSION = 1
+ALL = "all"
+SPLIT_CHOICES = (*data_module.SPLITS, ALL)
+MIN_GROUP_N = 20  # groups smaller than this are listed but not ranked for best-worst gaps
+SKIPPED_LISTED = 200  # report.json lists at most this many skipped files (all are counted)
+
+
+class EvaluationError(ValueError):
+    """Nothing to score, or a request that cannot be met; the message says why."""
+
+
+@dataclass
+class EvalSet:
+    """Images to score with their labels, and where they came from."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8
+    labels: dict[str, np.ndarray]  # age, gender, race: (N,) int64
+    files: list[str]
+    source: str
+    split: str  # one of SPLIT_CHOICES
+    mode: str  # "prepared" (manifest split) or "scanned" (every file of the source)
+    seen: int  # files looked at in the source (used + skipped)
+    skipped: list  # data.Skipped(file, reason), for the whole source
+    split_seed: int | None  # the seed of the split, None when scanned
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike | data_module.Scan | None = None,
+    split: str | None = None,
+    out: str | os.PathLike | None = None,
+    tta: bool = False,
+    batch_size: int = 256,
+    device: str | None = None,
+    cache: str | os.PathLike | None = None,
+    split_seed: int | None = None,
+    workers: int | None = None,
+    make_plots: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Score `checkpoint` on `data` and return the report dict (written to `out` if given).
+
+    `data` is a folder or archive (or an already loaded `data.Dataset` / `data.Scan`); see the
+    module docstring for `split`. `cache` is the prepare cache folder and `split_seed` the seed
+    of the split (default: the `seed` the checkpoint was trained with, else 0);
+    `workers` and `progress` go to the decoding in `data.scan` / `data.prepare`.
+    """
+    started = time.perf_counter()
+    if split is not None and split not in SPLIT_CHOICES:
+        raise EvaluationError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, meta = load_checkpoint(checkpoint, device=device)
+    preprocess = meta["preprocess"]
+    if split_seed is None:
+        split_seed = int((meta.get("config") or {}).get("seed", 0))  # train splits by its seed
+    evalset = load_evalset(data, split, preprocess.size, cache, split_seed, workers, progress)
+    loaded = time.perf_counter()
+    predictions = predict_arrays(model, preprocess, evalset.images, batch_size=batch_size, tta=tta)
+    predicted = time.perf_counter()
+
+    report = build_report(evalset.labels, predictions)
+    report["checkpoint"] = {
+        "path": str(checkpoint),
+        "model": meta["model"]["name"],
+        "tasks": list(meta["model"]["tasks"]),
+        "epoch": meta.get("epoch"),
+        "preprocess": preprocess.to_dict(),
+    }
+    report["data"] = _data_block(evalset)
+    report["settings"] = {"tta": tta, "batch_size": batch_size, "device": str(device)}
+    report["timing"] = {
+        "load_s": loaded - started,
+        "predict_s": predicted - loaded,
+        "images_per_s": len(evalset.images) / max(predicted - loaded, 1e-9),
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if make_plots:
+            report["plots"] = plots.write_plots(
+                report, evalset.labels, predictions, evalset.images, out
+            )
+        _write_predictions(out / "predictions.csv", evalset, predictions)
+        report["files"] = {
+            "json": "report.json",
+            "markdown": "report.md",
+            "predictions": "predictions.csv",
+        }
+        report["timing"]["total_s"] = time.perf_counter() - started
+        _atomic_write(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+        _atomic_write(out / "report.md", markdown(report))
+    report["timing"]["total_s"] = time.perf_counter() - started
+    return report
+
+
+def load_evalset(
+    data: str | os.PathLike | data_module.Scan | None,
+    split: str | None,
+    size: int,
+    cache: str | os.PathLike | None = None,
+    split_seed: int = 0,
+    workers: int | None = None,
+    progress: bool = False,
+) -> EvalSet:
+    """Resolve `data` and `split` (see the module docstring) into images and labels."""
+    if split is None:  # the held-out split of a prepared dataset, else every file given
+        split = "test" if data is None or isinstance(data, data_module.Dataset) else ALL
+    if split not in SPLIT_CHOICES:
+        raise EvaluationError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
+    if isinstance(data, data_module.Scan):
+        loaded, source = data, str(getattr(data, "cache_dir", "") or "<in-memory scan>")
+        mode = "prepared" if isinstance(data, data_module.Dataset) else "scanned"
+        if mode == "scanned" and split != ALL:
+            raise EvaluationError(f"a scan has no splits; use split={ALL!r}")
+    else:
+        source = str(data if data is not None else data_module.default_source())
+        mode = "scanned" if split == ALL else "prepared"
+        if mode == "scanned":
+            loaded = data_module.scan(source, size, workers=workers, progress=progress)
+        else:
+            loaded = data_module.prepare(
+                source, size=size, out=cache, seed=split_seed, workers=workers, progress=progress
+            )
+    if loaded.images.shape[1] != size:
+        raise EvaluationError(
+            f"images are {loaded.images.shape[1]} px but the checkpoint expects {size} px"
+        )
+    indices = loaded.indices(split) if split != ALL else np.arange(len(loaded.records))
+    if len(indices) == 0:
+        raise EvaluationError(
+            f"no usable images in {split!r} of {source} "
+            f"({loaded.seen} files seen, {len(loaded.skipped)} skipped)"
+        )
+    return EvalSet(
+        images=np.ascontiguousarray(loaded.images[indices]),
+        labels=loaded.labels(indices),
+        files=[loaded.records[i].file for i in indices],
+        source=source,
+        split=split,
+        mode=mode,
+        seen=loaded.seen,
+        skipped=list(loaded.skipped),
+        split_seed=split_seed if mode == "prepared" else None,
+    )
+
+
+def build_report(labels: dict, predictions: dict) -> dict:
+    """The metric part of the report, for the tasks present in `predictions`."""
+    tasks = [
+        task
+        for task, key in (("age", "age"), ("gender", "gender_prob"), ("race", "race_prob"))
+        if key in predictions
+    ]
+    age = gender = race = None
+    if "age" in tasks:
+        age = metrics.age_metrics(
+            labels["age"],
+            predictions["age"],
+            predictions.get("age_low"),
+            predictions.get("age_high"),
+            nominal=INTERVAL[1] - INTERVAL[0],
+        )
+    if "gender" in tasks:
+        gender = metrics.gender_metrics(labels["gender"], predictions["gender_prob"])
+    if "race" in tasks:
+        race = metrics.race_metrics(labels["race"], predictions["race_prob"])
+    return {
+        "report_version": REPORT_VERSION,
+        "n": int(len(labels["age"])),
+        "tasks": tasks,
+        "age": age,
+        "gender": gender,
+        "race": race,
+        "breakdowns": metrics.breakdowns(labels, predictions, min_n=MIN_GROUP_N),
+        "plots": {},
+        "files": {},
+    }
+
+
+def summary(report: dict) -> str:
+    """A compact console summary: headline metrics, the age band table and the gaps."""
+    data, age, gender, race = report["data"], report["age"], report["gender"], report["race"]
+    lines = [
+        f"{report['checkpoint']['path']} ({report['checkpoint']['model']}, "
+        f"{'+'.join(report['tasks'])}) on {_describe_data(data)}"
+        f"{', flip TTA' if report['settings']['tta'] else ''}, "
+        f"{report['timing']['total_s']:.1f} s ({report['timing']['images_per_s']:.0f} img/s)"
+    ]
+    if age:
+        line = (
+            f"age     n={age['n']}  MAE {_num(age['mae'])}  RMSE {_num(age['rmse'])}  "
+            f"MedAE {_num(age['median_ae'])}  bias {_num(age['bias'], signed=True)}  "
+            f"CS@5 {_pct(age['cs']['5'])}"
+        )
+        if age["interval"]:
+            line += (
+                f"  {_pct(age['interval']['nominal'], 0)} interval covers "
+                f"{_pct(age['interval']['coverage'])}"
+            )
+        lines.append(line)
+    if gender:
+        lines.append(
+            f"gender  n={gender['n']}  acc {_pct(gender['accuracy'])}  balanced "
+            f"{_pct(gender['balanced_accuracy'])}  AUC {_num(gender['roc_auc'], 3)}  log-loss "
+            f"{_num(gender['log_loss'], 3)}  ECE {_num(gender['ece'], 3)}"
+        )
+    if race:
+        lines.append(
+            f"race    n={race['n']}  acc {_pct(race['accuracy'])}  "
+            f"({race['n_unknown']} of unknown race left out)"
+        )
+    lines += _table(
+        ["age band", "n", "MAE", "bias", "gender acc"],
+        _group_cells(report["breakdowns"]["age_band"]["rows"]),
+        markdown=False,
+    )
+    lines += _gap_lines(report["breakdowns"])
+    if report["files"]:
+        lines.append(f"report: {report['files'].get('markdown')} in the output folder")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown: tables for every block, the plots referenced by file name."""
+    data, checkpoint = report["data"], report["checkpoint"]
+    shown = report["plots"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"- checkpoint: `{checkpoint['path']}` ({checkpoint['model']}, tasks "
+        f"{', '.join(checkpoint['tasks'])}, epoch {checkpoint['epoch']}, "
+        f"{checkpoint['preprocess']['size']} px)",
+        f"- data: {_describe_data(data)}",
+        f"- test-time augmentation: {'horizontal flip' if report['settings']['tta'] else 'none'}",
+        "",
+    ]
+    if report["age"]:
+        age = report["age"]
+        lines += ["## Age", ""]
+        rows = [
+            ["MAE", _num(age["mae"])],
+            ["RMSE", _num(age["rmse"])],
+            ["median absolute error", _num(age["median_ae"])],
+            ["bias (predicted - true)", _num(age["bias"], signed=True)],
+            ["CS@5 (within 5 years)", _pct(age["cs"]["5"])],
+        ]
+        if age["interval"]:
+            interval = age["interval"]
+            rows.append(
+                [
+                    f"coverage of the {_pct(interval['nominal'], 0)} interval",
+                    _pct(interval["coverage"]),
+                ]
+            )
+            rows.append(["mean interval width (years)", _num(interval["mean_width"], 1)])
+        lines += _table(["metric", f"value (n={age['n']})"], rows) + [""]
+        lines += _table(["k (years)", *age["cs"]], [["CS@k", *map(_pct, age["cs"].values())]])
+        lines += [""] + _images(shown, ("age_scatter", "age_bands", "cs_curve", "worst_age"))
+    if report["gender"]:
+        gender = report["gender"]
+        lines += ["## Gender", ""]
+        rows = [
+            ["accuracy", _pct(gender["accuracy"])],
+            ["balanced accuracy", _pct(gender["balanced_accuracy"])],
+            ["ROC-AUC", _num(gender["roc_auc"], 4)],
+            ["log-loss", _num(gender["log_loss"], 4)],
+            [f"ECE ({len(gender['reliability'])} bins)", _num(gender["ece"], 4)],
+        ]
+        lines += _table(["metric", f"value (n={gender['n']})"], rows) + [""]
+        lines += _class_table(gender, ["male", "female"]) + [""]
+        lines += [f"- note: {note}" for note in gender["notes"]]
+        lines += _images(shown, ("gender_confusion", "reliability", "worst_gender"))
+    if report["race"]:
+        race = report["race"]
+        lines += [
+            "## Race",
+            "",
+            f"Accuracy {_pct(race['accuracy'])} over n={race['n']} "
+            f"images of known race ({race['n_unknown']} unknown left out).",
+            "",
+        ]
+        lines += _class_table(race, list(RACES)) + [""]
+        lines += _table(
+            ["true \\ predicted", *RACES],
+            [[name, *row] for name, row in zip(RACES, race["confusion"])],
+        ) + [""]
+    lines += [
+        "## Breakdowns",
+        "",
+        f"Gaps rank groups with at least {MIN_GROUP_N} images; empty cells are `-`.",
+        "",
+    ]
+    titles = {
+        "age_band": "By true age band",
+        "gender": "By true gender",
+        "race": "By race",
+        "race_gender": "By race x gender",
+    }
+    for by, table in report["breakdowns"].items():
+        lines += [f"### {titles[by]}", ""]
+        lines += _table(["group", "n", "MAE", "bias", "gender acc"], _group_cells(table["rows"]))
+        lines += [""] + [f"- {line}" for line in _gap_lines({by: table}, unranked=True)] + [""]
+    skipped = data["skipped"]
+    lines += ["## Skipped files", "", f"{skipped['count']} of {data['seen']} files skipped."]
+    for reason, count in skipped["by_reason"].items():
+        lines.append(f"- {count} x {reason}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _data_block(evalset: EvalSet) -> dict:
+    reasons = Counter(item.reason for item in evalset.skipped)
+    return {
+        "source": evalset.source,
+        "mode": evalset.mode,
+        "split": evalset.split,
+        "split_seed": evalset.split_seed,
+        "n_images": len(evalset.files),
+        "seen": evalset.seen,
+        "skipped": {
+            "count": len(evalset.skipped),
+            "scope": "whole source" if evalset.mode == "prepared" else "scanned files",
+            "by_reason": dict(reasons.most_common()),
+            "files": [
+                {"file": s.file, "reason": s.reason} for s in evalset.skipped[:SKIPPED_LISTED]
+            ],
+        },
+    }
+
+
+def _describe_data(data: dict) -> str:
+    where = (
+        f"{data['split']} split of {data['source']}"
+        if data["mode"] == "prepared"
+        else (f"every file of {data['source']}")
+    )
+    return f"{where}: {data['n_images']} images, {data['skipped']['count']} skipped"
+
+
+def _write_predictions(path: Path, evalset: EvalSet, predictions: dict) -> None:
+    columns = [key for key in ("age", "age_low", "age_high", "gender_prob") if key in predictions]
+    header = ["file", "age", "gender", "race"] + [f"pred_{key}" for key in columns]
+    header += ["pred_race"] if "race_prob" in predictions else []
+    rows = []
+    for i, file in enumerate(evalset.files):
+        row = [file] + [int(evalset.labels[key][i]) for key in ("age", "gender", "race")]
+        row += [f"{float(predictions[key][i]):.4f}" for key in columns]
+        if "race_prob" in predictions:
+            row.append(RACES[int(np.argmax(predictions["race_prob"][i]))])
+        rows.append(row)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header, *rows])
+    _atomic_write(path, text.getvalue())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as file:
+        file.write(text)
+    os.chmod(file.name, 0o644)  # temp files are owner-only; a report is for everyone to read
+    os.replace(file.name, path)
+
+
+def _group_cells(rows: list[dict]) -> list[list[str]]:
+    return [
+        [
+            row["group"],
+            str(row["n"]),
+            _num(row["mae"]),
+            _num(row["bias"], signed=True),
+            _pct(row["gender_accuracy"]),
+        ]
+        for row in rows
+    ]
+
+
+def _gap_lines(tables: dict, unranked: bool = False) -> list[str]:
+    """One line per best-worst gap; with `unranked`, also say where no gap could be ranked."""
+    lines = []
+    for by, table in tables.items():
+        for metric, gap in table["gap"].items():
+            label = f"{'MAE' if metric == 'mae' else 'gender accuracy'} gap by {by}"
+            if gap is None:
+                if unranked:
+                    lines.append(
+                        f"{label}: not ranked (fewer than two groups with "
+                        f"n >= {MIN_GROUP_N} and a value)"
+                    )
+                continue
+            show = _pct if metric == "gender_accuracy" else _num
+            lines.append(
+                f"{label}: {show(gap['gap'])}, best {gap['best']} ({show(gap['best_value'])}, "
+                f"n={gap['best_n']}), worst {gap['worst']} ({show(gap['worst_value'])}, "
+                f"n={gap['worst_n']})"
+            )
+    return lines
+
+
+def _class_table(block: dict, names: list[str]) -> list[str]:
+    rows = [
+        [
+            name,
+            str(block["per_class"][name]["n"]),
+            *(_pct(block["per_class"][name][key]) for key in ("precision", "recall", "f1")),
+        ]
+        for name in names
+    ]
+    return _table(["class", "n", "precision", "recall", "F1"], rows)
+
+
+def _images(shown: dict, names: tuple[str, ...]) -> list[str]:
+    return [f"![{name}]({shown[name]})\n" for name in names if name in shown]
+
+
+def _table(header: list[str], rows: list[list], markdown: bool = True) -> list[str]:
+    cells = [[str(cell) for cell in row] for row in [header, *rows]]
+    if markdown:
+        return (
+            ["| " + " | ".join(row) + " |" for row in cells[:1]]
+            + ["|" + "|".join("---" for _ in header) + "|"]
+            + ["| " + " | ".join(row) + " |" for row in cells[1:]]
+        )
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return [
+        "  ".join(
+            cell.rjust(width) if i else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths))
+        )
+        for row in cells
+    ]
+
+
+def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
