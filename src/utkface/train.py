@@ -1,0 +1,474 @@
+"""Training: `train(config, data, out)` trains on `train`, selects on `val`, reports `test` once.
+
+    utkface train --data ../shared/UTKFace.tar.gz --time-budget 40 --out runs/main
+    torchrun --nproc-per-node 2 -m utkface train ...   # DDP, no other change
+
+A run folder holds `config.json`, `metrics.csv` (one row per epoch), `last.pt`, `best.pt`
+(lowest validation score: age MAE + 20 x gender error rate, i.e. one point of gender accuracy
+is worth 0.2 years) and, at the end, `final_metrics.json` (test metrics of the best checkpoint).
+`last.pt`
+also carries the optimizer, step and RNG states, so `resume` continues exactly where a run
+stopped, mid-epoch included.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from contextlib import suppress
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from utkface import metrics
+from utkface.augment import Augment
+from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
+from utkface.config import TrainConfig
+from utkface.data import Dataset, prepare
+from utkface.inference import predict_arrays
+from utkface.losses import multitask_loss
+from utkface.models import build_model, model_tasks
+from utkface.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+SEED_RUNS = {"seed_gender": "gender_model", "seed_age": "age_model"}
+GENDER_ERROR_YEARS = 20.0  # model selection: 1 point of gender accuracy = 0.2 years of MAE
+
+
+def train(
+    config: TrainConfig,
+    data: str | os.PathLike | Dataset | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    cache: str | os.PathLike | None = None,
+    resume: bool = False,
+    subset: float = 1.0,
+    progress: bool = True,
+    report_test: bool = True,
+    on_step=None,
+) -> dict:
+    """Train one model (or, for `model="seed"`, both seed CNNs) and return the final metrics.
+
+    `subset` keeps a seeded random share of each split (for quick runs); `report_test=False`
+    leaves the test split unscored (for tuning, which must never look at it); `on_step(step)`
+    is called after every optimizer step (tests use it to interrupt a run).
+    """
+    out = Path(out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{config.model}"))
+    if config.model == "seed":
+        results = {}
+        for name, folder in SEED_RUNS.items():
+            single = TrainConfig(**{**config.to_dict(), "model": name})
+            results[folder] = train(
+                single,
+                data,
+                out / folder,
+                cache=cache,
+                resume=resume,
+                subset=subset,
+                progress=progress,
+                on_step=on_step,
+            )
+        return results
+    dataset = (
+        data
+        if isinstance(data, Dataset)
+        else prepare(data, size=config.size, out=cache, seed=config.seed, progress=progress)
+    )
+    return Trainer(config, dataset, out, subset, progress).run(resume, on_step, report_test)
+
+
+def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The resolved config a run folder was started with (for `--resume`)."""
+    return TrainConfig(**json.loads((Path(run_dir) / "config.json").read_text()))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, dataset: Dataset, out: Path, subset: float, progress):
+        self.config, self.out = config, out
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.device = pick_device(config.device)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels
+        if self.world > 1:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(
+            config.threads or max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
+        )
+        self.progress = progress and self.rank == 0
+        self.main = self.rank == 0
+        seed_model = config.model.startswith("seed_")
+        self.preprocess = Preprocess(
+            config.size,
+            (0.0, 0.0, 0.0) if seed_model else IMAGENET_MEAN,  # the seed scaled pixels to 0..1
+            (1.0, 1.0, 1.0) if seed_model else IMAGENET_STD,
+        )
+        self.tasks = model_tasks(config.model, config.tasks)
+        self.spec = model_spec(
+            config.model, config.tasks, **({} if seed_model else {"dropout": config.dropout})
+        )
+        self.split = {
+            name: _subset(dataset.indices(name), subset, config.seed)
+            for name in ("train", "val", "test")
+        }
+        self.dataset = dataset
+        # Training pixels live in RAM (uint8); an epoch never touches the disk or a JPEG.
+        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images[self.split["train"]]))
+        labels = dataset.labels(self.split["train"])
+        self.labels = {key: torch.from_numpy(value) for key, value in labels.items()}
+        self.augment = Augment() if config.augment else None
+
+    # ---------------------------------------------------------------------------------------
+    def run(self, resume: bool, on_step, report_test: bool = True) -> dict:
+        config = self.config
+        _seed_everything(config.seed)
+        model = build_model(
+            config.model,
+            config.tasks,
+            pretrained=config.pretrained and not resume,
+            **self.spec["kwargs"],
+        )
+        model = model.to(self.device).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+        state = self._fresh_state()
+        if resume:
+            state = self._load_resume(model, optimizer)
+        elif self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            print("config: " + json.dumps(config.to_dict()))
+        net = model
+        if self.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        steps_per_epoch = max(1, len(self.split["train"]) // self.world // config.batch_size)
+        if state["total_steps"] is None and config.time_budget is None:
+            state["total_steps"] = config.epochs * steps_per_epoch
+        provisional = state["total_steps"] or config.epochs * steps_per_epoch
+        started = time.time() - state["elapsed"]
+
+        while state["step"] < (state["total_steps"] or provisional):
+            epoch = state["epoch"]
+            order = self._epoch_order(epoch, steps_per_epoch)
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=state["step_in_epoch"],
+                disable=not self.progress,
+                desc=f"epoch {epoch + 1}",
+                unit="step",
+                leave=False,
+            )
+            epoch_start, images_done, losses = time.time(), 0, []
+            net.train()
+            try:
+                while state["step_in_epoch"] < steps_per_epoch:
+                    total = state["total_steps"] or provisional
+                    if state["step"] >= total:
+                        break
+                    batch = order[state["step_in_epoch"]]
+                    lr = _lr_at(state["step"], total, config)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    loss, parts = self._step(net, optimizer, batch, state["aug_rng"])
+                    losses.append([loss] + [parts.get(t, float("nan")) for t in self.tasks])
+                    state["step"] += 1
+                    state["step_in_epoch"] += 1
+                    images_done += len(batch) * self.world
+                    rate = images_done / max(time.time() - epoch_start, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                    bar.update()
+                    if state["total_steps"] is None and state["step"] == 12:
+                        state["total_steps"] = self._budget_steps(
+                            started, epoch_start, 12, steps_per_epoch, rate
+                        )
+                    if on_step:
+                        on_step(state["step"])
+            except KeyboardInterrupt:
+                state["elapsed"] = time.time() - started
+                if self.main:
+                    self._save(model, optimizer, state, self.out / "last.pt", {})
+                    print(f"\ninterrupted: saved {self.out / 'last.pt'}; continue with --resume")
+                raise
+            finally:
+                bar.close()
+            seconds = time.time() - epoch_start
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+            state["elapsed"] = time.time() - started
+            row = self._end_epoch(model, optimizer, state, losses, lr, images_done, seconds)
+            if self.main:
+                eta = state["elapsed"] / state["step"] * (state["total_steps"] - state["step"])
+                print(_summary_line(row) + f" | eta {eta / 60:.1f} min")
+        return self._finish(model, report_test)
+
+    # ---------------------------------------------------------------------------------------
+    def _step(self, net, optimizer, batch: torch.Tensor, aug_rng: torch.Generator):
+        images = self.images[batch].to(self.device, non_blocking=True)
+        labels = {key: value[batch].to(self.device) for key, value in self.labels.items()}
+        x = self.preprocess(images)
+        if self.augment is not None:
+            x = self.augment(x, aug_rng)
+        raw = net(x)
+        loss, parts = multitask_loss(
+            raw, labels, self.config.loss_weights, self.config.age_sigma, self.config.age_l1_weight
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()), parts
+
+    def _epoch_order(self, epoch: int, steps: int) -> list[torch.Tensor]:
+        """This rank's batches of epoch `epoch`: a pure function of (seed, epoch)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.split["train"]), generator=generator)[
+            self.rank :: self.world
+        ]
+        size = self.config.batch_size
+        return [order[i * size : (i + 1) * size] for i in range(steps)]
+
+    def _budget_steps(self, started, epoch_start, steps_done, steps_per_epoch, rate) -> int:
+        """Steps that fit the time budget, from the speed of the first steps. Each epoch also
+        pays a validation pass (forward only, about a third of a training step per image) and
+        the run ends with one test pass."""
+        per_step = (time.time() - epoch_start) / steps_done
+        per_image_eval = per_step / (self.config.batch_size * self.world) / 3
+        val_cost = per_image_eval * len(self.split["val"])
+        test_cost = per_image_eval * len(self.split["test"]) + 10.0
+        remaining = self.config.time_budget * 60 * 0.97 - (time.time() - started) - test_cost
+        total = int(remaining / (per_step + val_cost / steps_per_epoch)) + steps_done
+        total = max(total, steps_done + 1)
+        if self.world > 1:  # every rank must stop at the same step
+            shared = torch.tensor([total], dtype=torch.long)
+            dist.broadcast(shared, 0)
+            total = int(shared)
+        if self.main:
+            print(
+                f"time budget {self.config.time_budget} min at {rate:.0f} img/s: {total} steps "
+                f"(~{total / steps_per_epoch:.1f} epochs)"
+            )
+        return total
+
+    def _validate(self, model, split: str) -> dict:
+        indices = self.split[split]
+        images = self.dataset.images[indices]
+        predictions = predict_arrays(model, self.preprocess, images, self.config.eval_batch_size)
+        labels = self.dataset.labels(indices)
+        result: dict = {"n": int(len(indices))}
+        if "age" in predictions:
+            age = metrics.age_metrics(
+                labels["age"],
+                predictions["age"],
+                predictions.get("age_low"),
+                predictions.get("age_high"),
+            )
+            result.update(mae=age["mae"], cs5=age["cs"]["5"])
+        if "gender_prob" in predictions:
+            result["gender_acc"] = metrics.gender_metrics(
+                labels["gender"], predictions["gender_prob"]
+            )["accuracy"]
+        if "race_prob" in predictions:
+            result["race_acc"] = metrics.race_metrics(labels["race"], predictions["race_prob"])[
+                "accuracy"
+            ]
+        result["score"] = (result.get("mae") or 0.0) + GENDER_ERROR_YEARS * (
+            1 - result["gender_acc"] if result.get("gender_acc") is not None else 0.0
+        )
+        return result
+
+    def _end_epoch(self, model, optimizer, state, losses, lr, images_done, seconds) -> dict:
+        mean = np.nanmean(np.array(losses), axis=0) if losses else [float("nan")] * 4
+        row = {
+            "epoch": state["epoch"],
+            "step": state["step"],
+            "lr": lr,
+            "train_loss": float(mean[0]),
+        }
+        row.update({f"train_{t}_loss": float(v) for t, v in zip(self.tasks, mean[1:])})
+        if self.main:
+            val = self._validate(model, "val")
+            row.update({f"val_{key}": value for key, value in val.items() if key != "n"})
+        row.update(
+            images_per_s=images_done / max(seconds, 1e-9), seconds=seconds, elapsed=state["elapsed"]
+        )
+        if self.main:
+            state["history"].append(row)
+            _write_metrics(self.out / "metrics.csv", state["history"])
+            best = row["val_score"] < state["best_score"]
+            if best:
+                state["best_score"] = row["val_score"]
+            self._save(model, optimizer, state, self.out / "last.pt", row)
+            if best:
+                save_checkpoint(
+                    self.out / "best.pt",
+                    model,
+                    self.spec,
+                    self.preprocess,
+                    config=self.config.to_dict(),
+                    metrics=row,
+                    epoch=state["epoch"],
+                )
+        if self.world > 1:
+            dist.barrier()
+        return row
+
+    def _finish(self, model, report_test: bool) -> dict:
+        result: dict = {"run_dir": str(self.out)}
+        if self.main:
+            best = read_checkpoint(self.out / "best.pt")
+            result.update(best_epoch=best["epoch"], val=best["metrics"])
+            if report_test:  # once, at the very end, from the checkpoint chosen on val
+                model.load_state_dict(best["state_dict"])
+                result["test"] = self._validate(model, "test")
+                print(
+                    f"test split (best epoch {best['epoch']}): " + _format_metrics(result["test"])
+                )
+            (self.out / "final_metrics.json").write_text(json.dumps(result, indent=2))
+        if self.world > 1:
+            dist.barrier()
+        return result
+
+    # ---------------------------------------------------------------------------------------
+    def _fresh_state(self) -> dict:
+        return {
+            "epoch": 0,
+            "step": 0,
+            "step_in_epoch": 0,
+            "total_steps": None,
+            "elapsed": 0.0,
+            "best_score": math.inf,
+            "history": [],
+            "aug_rng": torch.Generator().manual_seed(self.config.seed + 1),
+        }
+
+    def _save(self, model, optimizer, state, path, row) -> None:
+        train_state = {key: value for key, value in state.items() if key != "aug_rng"}
+        train_state.update(
+            aug_rng=state["aug_rng"].get_state(),
+            optimizer=optimizer.state_dict(),
+            torch_rng=torch.get_rng_state(),
+            numpy_rng=np.random.get_state(),
+            python_rng=random.getstate(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        )
+        save_checkpoint(
+            path,
+            model,
+            self.spec,
+            self.preprocess,
+            config=self.config.to_dict(),
+            metrics=row,
+            epoch=state["epoch"],
+            extra={"train_state": train_state},
+        )
+
+    def _load_resume(self, model, optimizer) -> dict:
+        saved = read_checkpoint(self.out / "last.pt")
+        model.load_state_dict(saved["state_dict"])
+        train_state = saved["train_state"]
+        optimizer.load_state_dict(train_state.pop("optimizer"))
+        torch.set_rng_state(train_state.pop("torch_rng"))
+        np.random.set_state(train_state.pop("numpy_rng"))
+        random.setstate(train_state.pop("python_rng"))
+        cuda_rng = train_state.pop("cuda_rng")
+        if cuda_rng is not None and torch.cuda.is_available():
+            with suppress(RuntimeError):
+                torch.cuda.set_rng_state_all(cuda_rng)
+        generator = torch.Generator()
+        generator.set_state(train_state.pop("aug_rng"))
+        train_state["aug_rng"] = generator
+        if self.main:
+            print(
+                f"resuming {self.out} at epoch {train_state['epoch'] + 1}, "
+                f"step {train_state['step']}"
+            )
+        return train_state
+
+
+def _lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to `lr * min_lr_ratio` at `total` steps."""
+    warmup = int(config.warmup * total)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalization parameters (the usual AdamW practice)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _subset(indices: np.ndarray, share: float, seed: int) -> np.ndarray:
+    if share >= 1.0:
+        return indices
+    keep = max(1, int(round(len(indices) * share)))
+    return np.sort(np.random.default_rng(seed).permutation(indices)[:keep])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    fields = list(dict.fromkeys(key for row in history for key in row))
+    temp = path.with_suffix(".csv.tmp")
+    with open(temp, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(temp, path)
+
+
+def _format_metrics(values: dict) -> str:
+    names = {
+        "mae": "MAE {:.2f}",
+        "cs5": "CS@5 {:.1%}",
+        "gender_acc": "gender acc {:.2%}",
+        "race_acc": "race acc {:.2%}",
+    }
+    return (
+        ", ".join(
+            fmt.format(values[key]) for key, fmt in names.items() if values.get(key) is not None
+        )
+        + f" (n={values.get('n')})"
+    )
+
+
+def _summary_line(row: dict) -> str:
+    val = {key[4:]: value for key, value in row.items() if key.startswith("val_")}
+    return (
+        f"epoch {row['epoch']:3d} | loss {row['train_loss']:.3f} | val {_format_metrics(val)}"
+        f" | {row['images_per_s']:.0f} img/s | {row['seconds']:.0f} s"
+    )
