@@ -122,15 +122,15 @@ def create_app(
     @app.post("/api/predict")
     async def api_predict(request: Request) -> dict:
         data, declared = await _read_upload(request, accepted)
-        image, found = _open_checked(data, declared, accepted, max_pixels)
+        found = _check_image(data, declared, accepted, max_pixels)
         started = time.perf_counter()
-        mode, faces = await anyio.to_thread.run_sync(
-            _predict_faces, predictor, image, limiter=limiter
-        )
+        result = await anyio.to_thread.run_sync(predictor.predict, data, limiter=limiter)
+        if result.error:
+            raise ApiError(400, "corrupt_image", f"the image cannot be decoded: {result.error}")
         return {
-            "image": {"width": image.width, "height": image.height, "format": found},
-            "mode": mode,  # "aligned": the photo was taken as one face crop; "detect": searched
-            "faces": faces,
+            "image": {"width": result.width, "height": result.height, "format": found},
+            "mode": result.mode,  # "aligned": taken as one face crop; "detect": faces searched
+            "faces": [_face_json(face) for face in result.faces],
             "backend": info["backend"],
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
         }
@@ -164,8 +164,9 @@ async def _read_upload(request: Request, accepted: dict[str, str]) -> tuple[byte
     return data, declared
 
 
-def _open_checked(data: bytes, declared: str, accepted: dict[str, str], max_pixels: int):
-    """Decode after checking format and pixel count from the header: `(RGB image, format)`."""
+def _check_image(data: bytes, declared: str, accepted: dict[str, str], max_pixels: int) -> str:
+    """The image format, after checking it and the pixel count from the header alone. The
+    bytes themselves go to the predictor, which decodes them exactly as the dataset was."""
     try:
         with Image.open(io.BytesIO(data)) as header:
             found, (width, height) = header.format, header.size
@@ -187,18 +188,7 @@ def _open_checked(data: bytes, declared: str, accepted: dict[str, str], max_pixe
             f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
             f"the limit is {max_pixels / 1e6:.0f}",
         )
-    try:
-        return image_io.open_rgb(data), found
-    except image_io.ImageError as error:
-        raise ApiError(400, "corrupt_image", f"the image cannot be decoded: {error}") from error
-
-
-def _predict_faces(predictor: Predictor, image: Image.Image) -> tuple[str | None, list[dict]]:
-    """`(mode, faces)` for one photo; the predictor's `faces` setting decides on detection."""
-    result = predictor.predict(image)
-    if result.error:
-        raise ApiError(400, "corrupt_image", f"the image cannot be analysed: {result.error}")
-    return result.mode, [_face_json(face) for face in result.faces]
+    return found
 
 
 def _face_json(face: FaceResult) -> dict:
