@@ -227,11 +227,75 @@ def add_train_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def add_predict_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="age and gender of every face in photos, folders or globs",
+        description="Exit status: 0 all inputs read, 1 some input failed (its error is in the "
+        "output), 2 the run could not start (checkpoint, option or missing extra).",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders "
+        "(searched recursively) or glob patterns such as 'photos/**/*.jpg'",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) or export (.onnx)")
+    parser.add_argument(
+        "--faces",
+        choices=("auto", "detect", "aligned"),
+        default="auto",
+        help="aligned: each input is already a UTKFace-like face crop; detect: find every face "
+        "and crop it like UTKFace; auto (default): decide per image",
+    )
+    parser.add_argument(
+        "--out",
+        help="FILE.jsonl (one object per input) or FILE.csv (a row per face); written atomically",
+    )
+    parser.add_argument(
+        "--annotate", metavar="DIR", help="write copies with faces boxed and labelled"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="face crops per forward pass")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default 4)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (torch backend)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+
+    def run(args) -> int:
+        from utkface.checkpoint import CheckpointError
+        from utkface.predict import Predictor, describe, predict_files
+
+        def report(prediction) -> None:
+            if prediction.error or not args.out:
+                print(describe(prediction), file=sys.stderr if prediction.error else sys.stdout)
+
+        try:
+            predictor = Predictor.from_checkpoint(
+                args.checkpoint,
+                device=args.device,
+                backend=args.backend,
+                faces=args.faces,
+                batch_size=args.batch_size,
+                workers=args.workers,
+            )
+            summary = predict_files(
+                args.inputs, predictor, out=args.out, annotate=args.annotate, report=report
+            )
+        except (CheckpointError, ImportError, ValueError) as error:
+            print(f"utkface predict: {error}", file=sys.stderr)
+            return 2
+        print(f"{summary}" + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
+        return 1 if summary.failed else 0
+
+    parser.set_defaults(func=run)
+
+
 PARSERS = [
     add_prepare_parser,
     add_evaluate_parser,
     add_export_parser,
     add_serve_parser,
+    add_predict_parser,
 ]
 
 

@@ -1,0 +1,454 @@
+"""Age and gender for every face in any photo: the `Predictor` API and `utkface predict`.
+
+    predictor = Predictor.from_checkpoint("runs/x/best.pt")          # model loaded once
+    result = predictor.predict("photo.jpg")                         # one input -> Prediction
+    results = predictor.predict(["a.png", pil_image, array])        # many -> list, same order
+    for face in result.faces:
+        face.box, face.age, face.age_low, face.age_high, face.gender, face.gender_prob
+
+    utkface predict photos/ "more/*.jpg" --checkpoint best.pt --out faces.jsonl --annotate seen/
+
+Inputs are paths, bytes, PIL images or numpy arrays, all decoded by `images.open_rgb` (EXIF
+orientation, any mode and bit depth, decompression-bomb limit). `faces` says where the faces are:
+`aligned` - the input is already a UTKFace-like crop (centre-cropped and resized like the
+training data); `detect` - find every face (`faces.detect_faces`) and cut a UTKFace-style crop
+around each; `auto` - decide per image (`faces.looks_aligned`). An input that cannot be read
+gives a `Prediction` with `error` set and the others go on. Inputs are decoded and faces found in
+a thread pool; crops from many inputs are batched through the model.
+
+`gender_prob` is P(female), as everywhere in this project; the confidence in the predicted
+`gender` is `max(gender_prob, 1 - gender_prob)`. `age_low`/`age_high` are the 10th/90th
+percentiles of the predicted age distribution (None for a model that regresses one number).
+
+The model runs behind a backend: any callable `uint8 (B, S, S, 3) -> dict of numpy predictions`
+with the keys of `models.decode_outputs`, and with `.preprocess` (its `Preprocess`) and `.meta`.
+`BACKENDS` maps a name to a loader `(path, device) -> backend`: `torch` runs
+`inference.predict_arrays`; `onnx` runs `export.OnnxBackend` (extra `utkface[onnx]`).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from glob import glob
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from utkface import faces as face_finder
+from utkface.checkpoint import load_checkpoint
+from utkface.images import ImageError, ImageSource, load_rgb, open_rgb, square_resize
+from utkface.inference import predict_arrays
+from utkface.names import GENDERS, IMAGE_SUFFIXES, RACES
+
+FACE_MODES = ("auto", "detect", "aligned")
+FOLDER_SUFFIXES = IMAGE_SUFFIXES + (".tif", ".tiff", ".gif")  # what a folder input picks up
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
+CSV_COLUMNS = (
+    "source",
+    "error",
+    "mode",
+    "width",
+    "height",
+    "face",
+    "left",
+    "top",
+    "right",
+    "bottom",
+    "score",
+    "age",
+    "age_low",
+    "age_high",
+    "gender",
+    "gender_prob",
+    "race",
+    "race_prob",
+)
+
+
+@dataclass
+class FaceResult:
+    box: tuple[float, float, float, float]  # left, top, right, bottom in the EXIF-rotated image
+    age: float | None = None  # expected age in years
+    age_low: float | None = None  # 10th percentile of the age distribution
+    age_high: float | None = None  # 90th percentile
+    gender: str | None = None  # "male" or "female"
+    gender_prob: float | None = None  # P(female); confidence in `gender` is max(p, 1 - p)
+    race: str | None = None  # most probable of names.RACES (models with a race head)
+    race_prob: float | None = None  # probability of `race`
+    score: float | None = None  # detector score (> 0 is a face); None for an aligned input
+
+
+@dataclass
+class Prediction:
+    source: str  # the path, or "<input N>" for an in-memory image
+    faces: list[FaceResult] = field(default_factory=list)
+    error: str | None = None  # why the input could not be used; None when it was
+    mode: str | None = None  # "aligned" (the input was the crop) or "detect"
+    width: int | None = None
+    height: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TorchBackend:
+    """The checkpoint's model through `inference.predict_arrays`."""
+
+    def __init__(self, model, meta: dict):
+        self.model, self.meta, self.preprocess = model, meta, meta["preprocess"]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> TorchBackend:
+        return cls(*load_checkpoint(path, device=device))
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return predict_arrays(self.model, self.preprocess, images, batch_size=max(1, len(images)))
+
+
+def _onnx_backend(path: str | os.PathLike, device: str = "cpu"):
+    from utkface.export import OnnxBackend  # ONNX Runtime only when asked for
+
+    return OnnxBackend.from_checkpoint(path)
+
+
+BACKENDS: dict[str, Callable] = {"torch": TorchBackend.from_checkpoint, "onnx": _onnx_backend}
+
+
+@dataclass
+class _Prepared:
+    prediction: Prediction
+    crops: np.ndarray  # (K, S, S, 3) uint8, one per face in `prediction.faces`
+
+
+class Predictor:
+    """Batched age/gender prediction with one loaded model (see the module docstring)."""
+
+    def __init__(
+        self,
+        backend,
+        faces: str = "auto",
+        batch_size: int = 32,
+        workers: int | None = None,
+        backend_name: str = "custom",
+    ):
+        _check_mode(faces)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.backend, self.backend_name = backend, backend_name
+        self.meta, self.size = backend.meta, backend.preprocess.size
+        self.faces, self.batch_size = faces, batch_size
+        self.workers = workers or min(4, os.cpu_count() or 1)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str = "cpu", backend: str = "torch", **kwargs
+    ) -> Predictor:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return cls(BACKENDS[backend](path, device=device), backend_name=backend, **kwargs)
+
+    def predict(self, images, faces: str | None = None) -> Prediction | list[Prediction]:
+        """One input (path, bytes, PIL image, `(H, W[, C])` array) -> one `Prediction`; a list,
+        tuple or `(N, H, W, C)` array -> a list in the same order."""
+        single = isinstance(images, (str, os.PathLike, bytes, Image.Image)) or (
+            isinstance(images, np.ndarray) and images.ndim < 4
+        )
+        results = list(self.predict_iter([images] if single else images, faces))
+        return results[0] if single else results
+
+    def predict_iter(
+        self, images: Iterable[ImageSource], faces: str | None = None
+    ) -> Iterator[Prediction]:
+        """Predictions in input order, streamed: at most a few batches are in memory."""
+        mode = faces or self.faces
+        _check_mode(mode)
+        if mode != "aligned":
+            face_finder.require_detector()  # fail before the run, naming the extra
+        window = max(2 * self.workers, 4)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="utkface-decode") as pool:
+            pending: list[_Prepared] = []
+            queued: deque = deque()
+            for index, image in enumerate(images):
+                queued.append(pool.submit(self._prepare, index, image, mode))
+                while len(queued) >= window or (queued and queued[0].done()):
+                    pending.append(queued.popleft().result())
+                    if sum(len(item.crops) for item in pending) >= self.batch_size:
+                        yield from self._finish(pending)
+                        pending = []
+            for future in queued:
+                pending.append(future.result())
+            yield from self._finish(pending)
+
+    def _prepare(self, index: int, src: ImageSource, mode: str) -> _Prepared:
+        """Decode one input and cut its face crops (runs in a worker thread)."""
+        source = str(src) if isinstance(src, (str, os.PathLike)) else f"<input {index}>"
+        empty = np.zeros((0, self.size, self.size, 3), np.uint8)
+        try:
+            image = open_rgb(src)
+            prediction = Prediction(source, width=image.width, height=image.height)
+            aligned, found = (mode == "aligned", [])
+            if mode == "auto":
+                aligned, found = face_finder.looks_aligned(image)
+            elif mode == "detect":
+                found = face_finder.detect_faces(image)
+        except ImageError as error:
+            return _Prepared(Prediction(source, error=str(error)), empty)
+        except Exception as error:  # a decoder bug on one odd file must not stop the run
+            return _Prepared(Prediction(source, error=f"{type(error).__name__}: {error}"), empty)
+        if aligned:
+            prediction.mode = "aligned"
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            prediction.faces = [FaceResult(box=(left, top, left + side, top + side))]
+            # A file is decoded again by `load_rgb`, exactly as the dataset cache decodes it
+            # (a JPEG at least twice the size is DCT-downscaled), so a crop gets the model the
+            # very pixels of training; decoding a crop costs well under a millisecond.
+            from_file = isinstance(src, (str, os.PathLike, bytes))
+            pixels = load_rgb(src, self.size) if from_file else square_resize(image, self.size)
+            return _Prepared(prediction, pixels[None])
+        prediction.mode = "detect"
+        prediction.faces = [FaceResult(box=face.box, score=face.score) for face in found]
+        crops = [face_finder.crop_face(image, face.crop, self.size) for face in found]
+        return _Prepared(prediction, np.stack(crops) if crops else empty)
+
+    def _finish(self, pending: list[_Prepared]) -> Iterator[Prediction]:
+        """Run the model over every crop of `pending`, fill in the faces, yield in order."""
+        crops = np.concatenate([item.crops for item in pending]) if pending else None
+        if crops is not None and len(crops):
+            chunks = [
+                self.backend(crops[i : i + self.batch_size])
+                for i in range(0, len(crops), self.batch_size)
+            ]
+            outputs = {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+            row = 0
+            for item in pending:
+                for face in item.prediction.faces:
+                    _fill(face, {key: value[row] for key, value in outputs.items()})
+                    row += 1
+        for item in pending:
+            yield item.prediction
+
+
+def _fill(face: FaceResult, values: dict[str, np.ndarray]) -> None:
+    """Copy one row of backend outputs (keys of `models.decode_outputs`) into `face`."""
+    if "age" in values:
+        face.age = float(values["age"])
+    if "age_low" in values:
+        face.age_low, face.age_high = float(values["age_low"]), float(values["age_high"])
+    if "gender_prob" in values:
+        face.gender_prob = float(values["gender_prob"])
+        face.gender = GENDERS[int(face.gender_prob >= 0.5)]
+    if "race_prob" in values:
+        probs = values["race_prob"]  # (5,)
+        face.race, face.race_prob = RACES[int(probs.argmax())], float(probs.max())
+
+
+def _check_mode(faces: str) -> None:
+    if faces not in FACE_MODES:
+        raise ValueError(f"unknown faces mode {faces!r}; choose one of {', '.join(FACE_MODES)}")
+
+
+# ---- files in, files out: the library side of `utkface predict` --------------------------------
+
+
+@dataclass
+class RunSummary:
+    inputs: int = 0  # images tried, plus inputs that matched nothing
+    failed: int = 0  # of those, how many gave an error
+    faces: int = 0  # faces found in the rest
+
+    def __str__(self) -> str:
+        return f"{self.inputs} inputs, {self.failed} failed, {self.faces} faces"
+
+
+def expand_inputs(
+    inputs: Sequence[str | os.PathLike],
+) -> tuple[list[tuple[Path, Path]], list[Prediction]]:
+    """Files, folders (recursive, image suffixes only) and globs -> `(file, name for
+    annotation)` pairs in order without repeats, and an error `Prediction` for each input that
+    names nothing."""
+    found: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    errors = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            files = [
+                f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in FOLDER_SUFFIXES
+            ]
+            pairs = [(f, Path(path.resolve().name) / f.relative_to(path)) for f in sorted(files)]
+            if not pairs:
+                errors.append(Prediction(str(entry), error="folder holds no image files"))
+        elif path.exists():
+            pairs = [(path, Path(path.name))]
+        elif any(char in str(entry) for char in "*?["):
+            pairs = [
+                (Path(f), Path(Path(f).name))
+                for f in sorted(glob(str(entry), recursive=True))
+                if Path(f).is_file()
+            ]
+            if not pairs:
+                errors.append(Prediction(str(entry), error="no files match this pattern"))
+        else:
+            errors.append(Prediction(str(entry), error="no such file or folder"))
+            pairs = []
+        for file, name in pairs:
+            if file not in found:
+                found[file] = _unique(name, taken)
+    return list(found.items()), errors
+
+
+def _unique(name: Path, taken: set[Path]) -> Path:
+    """`name`, or `name-1`, `name-2`, ... if an earlier input already took it."""
+    candidate, number = name, 0
+    while candidate in taken:
+        number += 1
+        candidate = name.with_name(f"{name.stem}-{number}{name.suffix}")
+    taken.add(candidate)
+    return candidate
+
+
+def predict_files(
+    inputs: Sequence[str | os.PathLike],
+    predictor: Predictor,
+    *,
+    out: str | os.PathLike | None = None,
+    annotate: str | os.PathLike | None = None,
+    faces: str | None = None,
+    report: Callable[[Prediction], None] | None = None,
+) -> RunSummary:
+    """Predict on every file named by `inputs`; write `out` (.jsonl: one object per input;
+    .csv: one row per face) atomically, annotated copies under `annotate`, and call `report`
+    on each `Prediction`. Bad inputs are recorded as errors and the run goes on."""
+    writer = _ResultWriter(Path(out)) if out else None  # checks the suffix before any work
+    files, errors = expand_inputs(inputs)
+    names = dict(files)
+    summary = RunSummary()
+    try:
+        results = predictor.predict_iter([file for file, _ in files], faces)
+        for prediction in itertools.chain(errors, results):
+            summary.inputs += 1
+            summary.failed += prediction.error is not None
+            summary.faces += len(prediction.faces)
+            if writer:
+                writer.write(prediction)
+            if annotate and prediction.error is None:
+                _write_annotated(Path(prediction.source), prediction, Path(annotate), names)
+            if report:
+                report(prediction)
+    except BaseException:
+        if writer:
+            writer.discard()
+        raise
+    if writer:
+        writer.close()
+    return summary
+
+
+def describe(prediction: Prediction) -> str:
+    """One line for a person: `photo.jpg: 2 faces: 34 (25-45) female 91%; ...`."""
+    if prediction.error:
+        return f"{prediction.source}: error: {prediction.error}"
+    labels = "; ".join(_label(face) for face in prediction.faces) or "no face found"
+    count = len(prediction.faces)
+    return f"{prediction.source}: {count} face{'' if count == 1 else 's'}: {labels}"
+
+
+def _label(face: FaceResult) -> str:
+    parts = []
+    if face.age is not None:
+        parts.append(f"{face.age:.0f}")
+        if face.age_low is not None:
+            parts.append(f"({face.age_low:.0f}-{face.age_high:.0f})")
+    if face.gender_prob is not None:
+        parts.append(f"{face.gender} {max(face.gender_prob, 1 - face.gender_prob):.0%}")
+    if face.race is not None:
+        parts.append(face.race)
+    return " ".join(parts)
+
+
+class _ResultWriter:
+    """Streams results into a temp file beside `path`; `close` renames it over `path`."""
+
+    def __init__(self, path: Path):
+        if path.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise ValueError(
+                f"--out {path}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, self.temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        self.path, self.file = path, os.fdopen(handle, "w", newline="", encoding="utf-8")
+        self.csv = csv.DictWriter(self.file, CSV_COLUMNS) if path.suffix.lower() == ".csv" else None
+        if self.csv:
+            self.csv.writeheader()
+
+    def write(self, prediction: Prediction) -> None:
+        if not self.csv:
+            self.file.write(json.dumps(prediction.to_dict()) + "\n")
+            return
+        row = {
+            key: getattr(prediction, key) for key in ("source", "error", "mode", "width", "height")
+        }
+        if not prediction.faces:
+            self.csv.writerow(row)
+        for index, face in enumerate(prediction.faces):
+            values = asdict(face)
+            left, top, right, bottom = values.pop("box")
+            self.csv.writerow(
+                {
+                    **row,
+                    **values,
+                    "face": index,
+                    "left": left,
+                    "top": top,
+                    "right": right,
+                    "bottom": bottom,
+                }
+            )
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.temp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        Path(self.temp).unlink(missing_ok=True)
+
+
+def annotate_image(image: Image.Image, prediction: Prediction) -> Image.Image:
+    """A copy of `image` with each face boxed and labelled (age, interval, gender)."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    scale = max(image.size) / 600
+    font = ImageFont.load_default(size=max(12, round(14 * scale)))
+    for face in prediction.faces:
+        left, top, right, bottom = face.box
+        colour = {"female": (230, 60, 140), "male": (40, 120, 230)}.get(face.gender, (40, 200, 80))
+        draw.rectangle((left, top, right, bottom), outline=colour, width=max(2, round(2 * scale)))
+        text = _label(face)
+        x0, y0, x1, y1 = draw.textbbox((left, top), text, font=font)
+        lift = y1 - y0 + 4 if top - (y1 - y0) - 4 >= 0 else 0  # above the box when it fits
+        draw.rectangle((x0 - 2, y0 - lift - 2, x1 + 2, y1 - lift + 2), fill=colour)
+        draw.text((left, top - lift), text, fill=(255, 255, 255), font=font)
+    return image
+
+
+def _write_annotated(
+    file: Path, prediction: Prediction, folder: Path, names: dict[Path, Path]
+) -> None:
+    target = folder / names[file]
+    if target.suffix.lower() not in (".jpg", ".jpeg", ".png", ".webp", ".bmp"):
+        target = target.with_suffix(".png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    annotate_image(open_rgb(file), prediction).save(target, quality=90)

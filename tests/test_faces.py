@@ -1,0 +1,114 @@
+"""Face detection and UTKFace-style crops: crop geometry, the missing-extra error, faces found
+where real UTKFace crops were pasted on a larger canvas, the auto (already aligned?) decision,
+the framing constants against a fresh measurement, and detection from several threads."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utkface import faces
+from utkface.sources import iter_members
+
+needs_dlib = pytest.mark.skipif(
+    importlib.util.find_spec("dlib") is None,
+    reason="the detect extra (dlib) is not installed: pip install 'utkface[detect]'",
+)
+
+
+@pytest.fixture(scope="module")
+def crops(real_data) -> list[np.ndarray]:
+    """43 real 200x200 UTKFace crops spread over the archive (every 500th file)."""
+    members = [m for i, m in enumerate(iter_members(real_data)) if m.data and i % 500 == 0]
+    return [np.asarray(Image.open(io.BytesIO(m.data)).convert("RGB")) for m in members]
+
+
+def background(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth colour noise: a photo-like background with no face in it."""
+    noise = np.random.default_rng(seed).integers(0, 256, (height // 20, width // 20, 3))
+    return Image.fromarray(noise.astype(np.uint8)).resize((width, height), Image.BICUBIC)
+
+
+def composite(crops, sides, places, size=(900, 600)) -> tuple[Image.Image, list[tuple]]:
+    canvas = background(*size)
+    pasted = []
+    for crop, side, (left, top) in zip(crops, sides, places):
+        canvas.paste(Image.fromarray(crop).resize((side, side), Image.BILINEAR), (left, top))
+        pasted.append((left, top, left + side, top + side))
+    return canvas, pasted
+
+
+def test_utkface_crop_is_a_scaled_shifted_square():
+    left, top, right, bottom = faces.utkface_crop((100, 50, 200, 150))
+    assert right - left == pytest.approx(100 * faces.CROP_SCALE)
+    assert bottom - top == pytest.approx(100 * faces.CROP_SCALE)
+    assert (left + right) / 2 == pytest.approx(150 + 100 * faces.CROP_SHIFT[0])
+    assert (top + bottom) / 2 == pytest.approx(100 + 100 * faces.CROP_SHIFT[1])
+    assert faces.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    assert faces.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+
+
+def test_crop_face_pads_outside_black_and_resizes():
+    image = Image.new("RGB", (100, 80), (200, 100, 50))
+    crop = faces.crop_face(image, (-50, 0, 50, 100), size=32)  # left half outside the photo
+    assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+    assert crop[:, :14].max() == 0 and (crop[:10, 18:] == (200, 100, 50)).all()
+
+
+def test_missing_dlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib -> ImportError
+    monkeypatch.setattr(faces, "_idle", faces.queue.SimpleQueue())
+    with pytest.raises(faces.DetectorUnavailable, match=r"utkface\[detect\]"):
+        faces.require_detector()
+    with pytest.raises(ImportError, match="dlib"):
+        faces.detect_faces(Image.new("RGB", (50, 50)))
+
+
+@needs_dlib
+def test_composite_faces_found_where_pasted(crops):
+    sides = (90, 130, 170, 220)
+    canvas, pasted = composite(crops[:4], sides, [(30, 60), (200, 300), (420, 40), (640, 330)])
+    found = faces.detect_faces(canvas)
+    assert len(found) == 4
+    for face, square in zip(found, pasted):  # both left to right
+        centre = ((face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2)
+        assert square[0] < centre[0] < square[2] and square[1] < centre[1] < square[3]
+        assert faces.box_iou(face.crop, square) > 0.6  # the crop re-frames the pasted crop
+        assert face.score > 0
+
+
+@needs_dlib
+def test_looks_aligned_on_real_crops_and_not_on_photos(crops):
+    decisions = [faces.looks_aligned(Image.fromarray(crop))[0] for crop in crops[:20]]
+    assert sum(decisions) >= 18
+    photo, _ = composite(crops[:2], (120, 150), [(50, 50), (400, 200)])
+    aligned, found = faces.looks_aligned(photo)
+    assert not aligned and len(found) == 2
+    square_photo, _ = composite(crops[:1], (150,), [(300, 300)], size=(640, 640))
+    assert not faces.looks_aligned(square_photo)[0]
+    assert faces.looks_aligned(background(120, 120))[0]  # small square, no face: a crop
+    assert not faces.looks_aligned(background(800, 800))[0]  # large, no face: a photo
+
+
+@needs_dlib
+def test_framing_constants_agree_with_a_fresh_measurement(crops):
+    measured = faces.measure_framing(crops[:40], seed=1)
+    assert measured["found"] >= 0.9
+    assert measured["scale"] == pytest.approx(faces.CROP_SCALE, abs=0.06)
+    assert measured["shift_x"] == pytest.approx(faces.CROP_SHIFT[0], abs=0.04)
+    assert measured["shift_y"] == pytest.approx(faces.CROP_SHIFT[1], abs=0.04)
+
+
+@needs_dlib
+def test_detection_from_many_threads_matches_serial(crops):
+    images = [Image.fromarray(crop) for crop in crops[:24]]
+    serial = [faces.detect_faces(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(faces.detect_faces, images))
+    assert threaded == serial
