@@ -257,7 +257,9 @@ def add_predict_parser(subparsers) -> None:
         "--annotate", metavar="DIR", help="write copies with faces boxed and labelled"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="face crops per forward pass")
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default 4)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: up to 4)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (torch backend)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
 
