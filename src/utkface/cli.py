@@ -294,6 +294,7 @@ def add_predict_parser(subparsers) -> None:
 
 PARSERS = [
     add_prepare_parser,
+    add_train_parser,
     add_evaluate_parser,
     add_export_parser,
     add_serve_parser,
@@ -316,3 +317,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _user_errors() as error:
+        # Problems with what the user gave us: one clear line, no traceback.
+        print(f"utkface {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from utkface.checkpoint import CheckpointError
+    from utkface.config import ConfigError
+    from utkface.images import ImageError
+    from utkface.models import PretrainedWeightsError
+    from utkface.sources import SourceError
+
+    return (
+        CheckpointError,
+        ConfigError,
+        ImageError,
+        PretrainedWeightsError,
+        SourceError,
+        FileNotFoundError,
+    )

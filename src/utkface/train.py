@@ -30,7 +30,7 @@ from tqdm import tqdm
 from utkface import metrics
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
-from utkface.config import TrainConfig
+from utkface.config import ConfigError, TrainConfig
 from utkface.data import Dataset, prepare
 from utkface.inference import predict_arrays
 from utkface.losses import multitask_loss
@@ -60,26 +60,31 @@ def train(
     is called after every optimizer step (tests use it to interrupt a run).
     """
     out = Path(out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{config.model}"))
-    if config.model == "seed":
-        results = {}
-        for name, folder in SEED_RUNS.items():
-            single = TrainConfig(**{**config.to_dict(), "model": name})
-            results[folder] = train(
-                single,
-                data,
-                out / folder,
-                cache=cache,
-                resume=resume,
-                subset=subset,
-                progress=progress,
-                on_step=on_step,
-            )
-        return results
     dataset = (
         data
         if isinstance(data, Dataset)
         else prepare(data, size=config.size, out=cache, seed=config.seed, progress=progress)
     )
+    if config.model == "seed":
+        if not resume and int(os.environ.get("RANK", 0)) == 0:
+            out.mkdir(parents=True, exist_ok=True)  # the whole run's config, for --resume
+            (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        results = {}
+        for index, (name, folder) in enumerate(SEED_RUNS.items()):
+            single = TrainConfig(**{**config.to_dict(), "model": name})
+            # A run interrupted in its first CNN never started the second: start it afresh.
+            started = index == 0 or (out / folder / "last.pt").is_file()
+            results[folder] = train(
+                single,
+                dataset,
+                out / folder,
+                resume=resume and started,
+                subset=subset,
+                progress=progress,
+                report_test=report_test,
+                on_step=on_step,
+            )
+        return results
     return Trainer(config, dataset, out, subset, progress).run(resume, on_step, report_test)
 
 
@@ -102,7 +107,7 @@ def pick_device(name: str) -> torch.device:
 
 class Trainer:
     def __init__(self, config: TrainConfig, dataset: Dataset, out: Path, subset: float, progress):
-        self.config, self.out = config, out
+        self.config, self.out, self.subset = config, out, subset
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.device = pick_device(config.device)
@@ -170,7 +175,8 @@ class Trainer:
         provisional = state["total_steps"] or config.epochs * steps_per_epoch
         started = time.time() - state["elapsed"]
 
-        while state["step"] < (state["total_steps"] or provisional):
+        # An epoch interrupted after its last step still owes its validation and checkpoints.
+        while state["step"] < (state["total_steps"] or provisional) or state["step_in_epoch"]:
             epoch = state["epoch"]
             order = self._epoch_order(epoch, steps_per_epoch)
             bar = tqdm(
@@ -181,7 +187,9 @@ class Trainer:
                 unit="step",
                 leave=False,
             )
-            epoch_start, images_done, losses = time.time(), 0, []
+            epoch_start, images_done, timed_steps = time.time(), 0, 0
+            losses = state["epoch_losses"]  # kept across an interruption: the row covers the epoch
+            lr = optimizer.param_groups[0]["lr"]  # the last step's, if no step is left to take
             net.train()
             try:
                 while state["step_in_epoch"] < steps_per_epoch:
@@ -197,12 +205,16 @@ class Trainer:
                     state["step"] += 1
                     state["step_in_epoch"] += 1
                     images_done += len(batch) * self.world
+                    timed_steps += 1
                     rate = images_done / max(time.time() - epoch_start, 1e-9)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
                     bar.update()
-                    if state["total_steps"] is None and state["step"] == 12:
+                    # Measure the speed over 12 steps of one epoch (fewer if epochs are short).
+                    if state["total_steps"] is None and timed_steps == min(12, steps_per_epoch):
+                        per_step = (time.time() - epoch_start) / timed_steps
+                        val_guess = per_step / config.batch_size / 3 * len(self.split["val"])
                         state["total_steps"] = self._budget_steps(
-                            started, epoch_start, 12, steps_per_epoch, rate
+                            started, state["step"], per_step, val_guess, steps_per_epoch
                         )
                     if on_step:
                         on_step(state["step"])
@@ -217,10 +229,24 @@ class Trainer:
             seconds = time.time() - epoch_start
             state["epoch"] += 1
             state["step_in_epoch"] = 0
+            state["epoch_losses"] = []
             state["elapsed"] = time.time() - started
+            validation_start = time.time()
             row = self._end_epoch(model, optimizer, state, losses, lr, images_done, seconds)
+            if config.time_budget is not None and timed_steps:
+                # Refit the step count to the speed seen so far: the machine may be busier or
+                # freer than during the first steps. The cosine follows the new length.
+                state["total_steps"] = self._budget_steps(
+                    started,
+                    state["step"],
+                    seconds / timed_steps,
+                    time.time() - validation_start,
+                    steps_per_epoch,
+                    quiet=True,
+                )
             if self.main:
-                eta = state["elapsed"] / state["step"] * (state["total_steps"] - state["step"])
+                left = (state["total_steps"] or provisional) - state["step"]
+                eta = state["elapsed"] / state["step"] * left
                 print(_summary_line(row) + f" | eta {eta / 60:.1f} min")
         return self._finish(model, report_test)
 
@@ -249,22 +275,20 @@ class Trainer:
         size = self.config.batch_size
         return [order[i * size : (i + 1) * size] for i in range(steps)]
 
-    def _budget_steps(self, started, epoch_start, steps_done, steps_per_epoch, rate) -> int:
-        """Steps that fit the time budget, from the speed of the first steps. Each epoch also
-        pays a validation pass (forward only, about a third of a training step per image) and
-        the run ends with one test pass."""
-        per_step = (time.time() - epoch_start) / steps_done
-        per_image_eval = per_step / (self.config.batch_size * self.world) / 3
-        val_cost = per_image_eval * len(self.split["val"])
-        test_cost = per_image_eval * len(self.split["test"]) + 10.0
+    def _budget_steps(
+        self, started, step, per_step, per_epoch, steps_per_epoch, quiet=False
+    ) -> int:
+        """Total steps that fit the time budget at `per_step` seconds a step plus `per_epoch`
+        seconds of validation and checkpointing an epoch, keeping room for one test pass."""
+        test_cost = per_step / self.config.batch_size / 3 * len(self.split["test"]) + 10.0
         remaining = self.config.time_budget * 60 * 0.97 - (time.time() - started) - test_cost
-        total = int(remaining / (per_step + val_cost / steps_per_epoch)) + steps_done
-        total = max(total, steps_done + 1)
+        total = step + max(0, int(remaining / (per_step + per_epoch / steps_per_epoch)))
         if self.world > 1:  # every rank must stop at the same step
-            shared = torch.tensor([total], dtype=torch.long)
+            shared = torch.tensor([total], dtype=torch.long, device=self.device)  # NCCL: on GPU
             dist.broadcast(shared, 0)
             total = int(shared)
-        if self.main:
+        if self.main and not quiet:
+            rate = self.config.batch_size * self.world / per_step
             print(
                 f"time budget {self.config.time_budget} min at {rate:.0f} img/s: {total} steps "
                 f"(~{total / steps_per_epoch:.1f} epochs)"
@@ -360,6 +384,8 @@ class Trainer:
             "elapsed": 0.0,
             "best_score": math.inf,
             "history": [],
+            "epoch_losses": [],  # [loss, *task losses] per step of the current epoch
+            "subset": self.subset,
             "aug_rng": torch.Generator().manual_seed(self.config.seed + 1),
         }
 
@@ -388,6 +414,13 @@ class Trainer:
         saved = read_checkpoint(self.out / "last.pt")
         model.load_state_dict(saved["state_dict"])
         train_state = saved["train_state"]
+        if train_state.setdefault("subset", 1.0) != self.subset:
+            # Another slice of the data would silently continue a different run.
+            raise ConfigError(
+                f"{self.out} was trained with subset={train_state['subset']}; resume it with "
+                f"the same subset (--subset {train_state['subset']}), not {self.subset}"
+            )
+        train_state.setdefault("epoch_losses", [])
         optimizer.load_state_dict(train_state.pop("optimizer"))
         torch.set_rng_state(train_state.pop("torch_rng"))
         np.random.set_state(train_state.pop("numpy_rng"))
@@ -458,12 +491,10 @@ def _format_metrics(values: dict) -> str:
         "gender_acc": "gender acc {:.2%}",
         "race_acc": "race acc {:.2%}",
     }
-    return (
-        ", ".join(
-            fmt.format(values[key]) for key, fmt in names.items() if values.get(key) is not None
-        )
-        + f" (n={values.get('n')})"
+    text = ", ".join(
+        fmt.format(values[key]) for key, fmt in names.items() if values.get(key) is not None
     )
+    return text + (f" (n={values['n']})" if "n" in values else "")
 
 
 def _summary_line(row: dict) -> str:
