@@ -1,0 +1,340 @@
+"""Training end to end on a small slice of the real data: the run folder, checkpoints that
+reload to identical predictions, exact resume after an interruption, the time budget, the seed
+preset, the CLI and DDP with two CPU processes (gloo).
+
+All runs share the session's real dataset (`real_dataset`, prepared once at `REAL_SIZE` px)
+and train a randomly initialised MobileNetV2 on ~70 images for a few steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REAL_SIZE
+
+from utkface import metrics
+from utkface.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from utkface.cli import main
+from utkface.config import resolve_config
+from utkface.data import split_of
+from utkface.inference import predict_arrays
+from utkface.train import Trainer, _subset, load_run_config, train
+
+pytestmark = pytest.mark.slow
+
+SUBSET = 0.004  # of ~17k train images: 68 train, ~9 val, ~8 test
+BATCH = 16  # -> 4 steps per epoch
+STEPS_PER_EPOCH = 4
+RUN_FILES = {"config.json", "metrics.csv", "last.pt", "best.pt", "final_metrics.json"}
+
+
+def small_config(**overrides):
+    values = dict(
+        size=REAL_SIZE,
+        batch_size=BATCH,
+        epochs=2,
+        pretrained=False,  # no weights needed; the ImageNet path is covered in test_models.py
+        threads=1,  # deterministic and kind to a shared machine
+        device="cpu",
+        eval_batch_size=64,
+    )
+    return resolve_config(**{**values, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Trainer sets torch's thread count for the whole process; give it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished_run(real_dataset, tmp_path_factory):
+    """An uninterrupted 2-epoch run (8 steps, augmentation and dropout on)."""
+    out = tmp_path_factory.mktemp("run") / "full"
+    config = small_config()
+    result = train(config, real_dataset, out, subset=SUBSET, progress=False)
+    return config, out, result
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _split(dataset, name: str, config) -> np.ndarray:
+    return _subset(dataset.indices(name), SUBSET, config.seed)
+
+
+def _assert_same_weights(path_a: Path, path_b: Path) -> None:
+    a, b = read_checkpoint(path_a)["state_dict"], read_checkpoint(path_b)["state_dict"]
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# one run, end to end
+
+
+def test_run_folder(finished_run, real_dataset):
+    config, out, result = finished_run
+    assert RUN_FILES <= {path.name for path in out.iterdir()}
+    assert json.loads((out / "config.json").read_text()) == config.to_dict()
+
+    rows = _rows(out / "metrics.csv")
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    assert [int(row["step"]) for row in rows] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    for column in ("train_loss", "val_mae", "val_cs5", "val_gender_acc", "lr", "images_per_s"):
+        assert all(np.isfinite(float(row[column])) for row in rows), column
+    assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # cosine decay
+
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final == json.loads(json.dumps(result))
+    assert final["test"]["n"] == len(_split(real_dataset, "test", config))
+    assert final["val"]["val_score"] == min(float(row["val_score"]) for row in rows)
+
+    last = read_checkpoint(out / "last.pt")
+    assert last["train_state"]["step"] == last["train_state"]["total_steps"] == 8
+    assert last["epoch"] == 2 and last["config"] == config.to_dict()
+    best = read_checkpoint(out / "best.pt")
+    assert "train_state" not in best  # no optimizer state in the checkpoint users copy around
+    assert best["model"] == {
+        "name": "mobilenet_v2",
+        "tasks": ["age", "gender", "race"],
+        "kwargs": {"dropout": 0.2},
+    }
+    assert best["preprocess"]["size"] == REAL_SIZE
+    assert best["labels"]["gender"] == {"0": "male", "1": "female"}
+
+
+def test_best_checkpoint_reloads_to_identical_predictions(finished_run, real_dataset, tmp_path):
+    config, out, result = finished_run
+    model, meta = load_checkpoint(out / "best.pt")
+    test = _split(real_dataset, "test", config)
+    images, labels = real_dataset.images[test], real_dataset.labels(test)
+    predictions = predict_arrays(model, meta["preprocess"], images, config.eval_batch_size)
+    assert set(predictions) == {"age", "age_low", "age_high", "gender_prob", "race_prob"}
+
+    # The test metrics were computed by the in-memory model at the end of training.
+    age = metrics.age_metrics(labels["age"], predictions["age"])
+    gender = metrics.gender_metrics(labels["gender"], predictions["gender_prob"])
+    assert age["mae"] == result["test"]["mae"]
+    assert gender["accuracy"] == result["test"]["gender_acc"]
+
+    # Saved again and reloaded: exactly the same numbers.
+    save_checkpoint(tmp_path / "copy.pt", model, meta["model"], meta["preprocess"])
+    again, again_meta = load_checkpoint(tmp_path / "copy.pt")
+    repeated = predict_arrays(again, again_meta["preprocess"], images, config.eval_batch_size)
+    for key, value in predictions.items():
+        assert np.array_equal(value, repeated[key]), key
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+
+
+@pytest.mark.parametrize(
+    "stop_after",
+    [
+        6,  # mid-epoch 2
+        STEPS_PER_EPOCH,  # the last step of epoch 1, before its validation
+        2 * STEPS_PER_EPOCH,  # the very last step, before the final validation
+    ],
+)
+def test_resume_after_interruption_gives_the_same_weights(
+    finished_run, real_dataset, tmp_path, stop_after
+):
+    config, full, _ = finished_run
+    out = tmp_path / "interrupted"
+
+    def interrupt(step: int) -> None:
+        if step == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, real_dataset, out, subset=SUBSET, progress=False, on_step=interrupt)
+    saved = read_checkpoint(out / "last.pt")["train_state"]
+    assert saved["step"] == stop_after
+    assert not (out / "final_metrics.json").exists()
+
+    train(config, real_dataset, out, subset=SUBSET, progress=False, resume=True)
+    _assert_same_weights(full / "last.pt", out / "last.pt")
+    _assert_same_weights(full / "best.pt", out / "best.pt")
+    full_rows, rows = _rows(full / "metrics.csv"), _rows(out / "metrics.csv")
+    assert len(rows) == len(full_rows) == 2
+    for row, full_row in zip(rows, full_rows):
+        # The interrupted epoch's row still averages the loss over all of its steps.
+        for key in ("epoch", "step", "lr", "train_loss", "val_mae", "val_gender_acc", "val_score"):
+            assert row[key] == full_row[key], key
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["test"] == json.loads((full / "final_metrics.json").read_text())["test"]
+
+
+def test_time_budget_computes_a_finite_schedule(real_dataset, tmp_path, capsys):
+    # A 3-second budget: far less than even the fixed allowance for the test pass, so the run
+    # stops soon after the speed is measured; `epochs` is ignored.
+    config = small_config(time_budget=0.05, epochs=1000)
+    result = train(
+        config, real_dataset, tmp_path / "budget", subset=SUBSET, progress=False, report_test=False
+    )
+    state = read_checkpoint(tmp_path / "budget" / "last.pt")["train_state"]
+    assert isinstance(state["total_steps"], int)
+    assert 0 < state["total_steps"] == state["step"] < 1000 * STEPS_PER_EPOCH
+    assert "test" not in result  # report_test=False leaves the test split alone
+    assert "test" not in json.loads((tmp_path / "budget" / "final_metrics.json").read_text())
+    assert len(_rows(tmp_path / "budget" / "metrics.csv")) == state["epoch"]
+    assert "time budget 0.05 min at" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# the seed preset: two CNNs at 200 px
+
+
+@pytest.fixture(scope="module")
+def seed_faces(tmp_path_factory, make_faces, face_names):
+    """Generated 200 px faces, chosen so every split has some (12 train, 3 val, 3 test)."""
+    wanted = {"train": 12, "val": 3, "test": 3}
+    names = []
+    for name in face_names(400):
+        split = split_of(name)
+        if wanted[split]:
+            wanted[split] -= 1
+            names.append(name)
+    assert not any(wanted.values())
+    folder = tmp_path_factory.mktemp("seed-faces")
+    make_faces(folder, names, size=200)
+    return folder
+
+
+def test_seed_preset_trains_both_cnns_and_resumes(seed_faces, tmp_path):
+    config = resolve_config(model="seed", epochs=1, batch_size=6, threads=1, device="cpu")
+    assert config.size == 200
+    out, cache = tmp_path / "seed", tmp_path / "cache"
+
+    def interrupt(step: int) -> None:
+        raise KeyboardInterrupt  # after the gender CNN's first step
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, seed_faces, out, cache=cache, progress=False, on_step=interrupt)
+    assert (out / "gender_model" / "last.pt").is_file()
+    assert not (out / "age_model").exists()
+    assert load_run_config(out) == config  # what `utkface train --resume` reads
+
+    result = train(config, seed_faces, out, cache=cache, progress=False, resume=True)
+    assert set(result) == {"gender_model", "age_model"}
+    images = np.stack([np.asarray(_load(path)) for path in sorted(seed_faces.iterdir())[:3]])
+    expected_keys = {"gender_model": {"gender_prob"}, "age_model": {"age"}}
+    for folder, keys in expected_keys.items():
+        run = out / folder
+        assert RUN_FILES <= {path.name for path in run.iterdir()}
+        assert "test" in result[folder]
+        state = read_checkpoint(run / "last.pt")["train_state"]
+        assert state["step"] == 2  # 12 train images / batch 6, one epoch
+        model, meta = load_checkpoint(run / "best.pt")
+        assert meta["preprocess"].size == 200 and meta["preprocess"].mean == (0.0, 0.0, 0.0)
+        predictions = predict_arrays(model, meta["preprocess"], images)
+        assert set(predictions) == keys
+        assert all(np.isfinite(value).all() and len(value) == 3 for value in predictions.values())
+
+
+def _load(path: Path):
+    from utkface.images import load_rgb
+
+    return load_rgb(path, 200)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def _cli_args(real_data: Path, real_dataset, out: Path) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(real_data),
+        "--cache",
+        str(real_dataset.cache_dir.parent),  # the session's prepared cache: no new prepare
+        "--size",
+        str(REAL_SIZE),
+        "--subset",
+        str(SUBSET),
+        "--batch-size",
+        str(BATCH),
+        "--epochs",
+        "1",
+        "--no-pretrained",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+
+
+def test_cli_train_interrupt_and_resume(real_data, real_dataset, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cli"
+    original_step, calls = Trainer._step, []
+
+    def step_then_interrupt(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
+    assert main(_cli_args(real_data, real_dataset, out)) == 130
+    assert "continue with --resume" in capsys.readouterr().out
+    assert read_checkpoint(out / "last.pt")["train_state"]["step"] == 2
+    monkeypatch.setattr(Trainer, "_step", original_step)
+
+    resume = ["train", "--resume", str(out), "--data", str(real_data)]
+    resume += ["--cache", str(real_dataset.cache_dir.parent)]
+    # Resuming on another slice of the data would silently train a different run.
+    assert main(resume) == 2
+    assert "subset" in capsys.readouterr().err
+
+    assert main(resume + ["--subset", str(SUBSET)]) == 0
+    state = read_checkpoint(out / "last.pt")["train_state"]
+    assert state["step"] == state["total_steps"] == STEPS_PER_EPOCH
+    assert len(_rows(out / "metrics.csv")) == 1
+    assert "test" in json.loads((out / "final_metrics.json").read_text())
+    assert load_run_config(out).size == REAL_SIZE
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes(real_data, real_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    command += ["-m", "utkface", *_cli_args(real_data, real_dataset, out)]
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert RUN_FILES <= {path.name for path in out.iterdir()}
+    state = read_checkpoint(out / "last.pt")["train_state"]
+    # 68 train images over 2 ranks of batch 16: 2 steps, each on 32 images.
+    assert state["step"] == state["total_steps"] == 68 // 2 // BATCH
+    model, meta = load_checkpoint(out / "best.pt")
+    predictions = predict_arrays(model, meta["preprocess"], real_dataset.images[[0, 1, 2, 3]])
+    assert np.isfinite(predictions["age"]).all()
