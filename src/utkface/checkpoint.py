@@ -8,13 +8,13 @@ temporary name and renamed, so a crash never leaves a half-written checkpoint be
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from utkface.atomic import atomic_open
 from utkface.models import build_model, model_tasks
 from utkface.names import GENDERS, MAX_AGE, RACES
 from utkface.preprocess import Preprocess
@@ -34,18 +34,8 @@ class CheckpointError(ValueError):
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` to a temp file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as file:
+        torch.save(obj, file)
 
 
 def model_spec(name: str, tasks, **kwargs) -> dict:

@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 
 from utkface import data as data_module
 from utkface import metrics, plots
+from utkface.atomic import atomic_open
 from utkface.checkpoint import load_checkpoint
 from utkface.inference import predict_arrays
 from utkface.models import INTERVAL
@@ -397,12 +397,8 @@ def _write_predictions(path: Path, evalset: EvalSet, predictions: dict) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as file:
+    with atomic_open(path, "w") as file:
         file.write(text)
-    os.chmod(file.name, 0o644)  # temp files are owner-only; a report is for everyone to read
-    os.replace(file.name, path)
 
 
 def _group_cells(rows: list[dict]) -> list[list[str]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from utkface import __version__
+from utkface.atomic import atomic_open
 from utkface.checkpoint import load_checkpoint
 from utkface.images import ImageError, load_rgb
 from utkface.inference import predict_arrays
@@ -314,17 +314,8 @@ def _require(module: str):
 
 
 def _atomic_write(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as file:
+        file.write(data)
 
 
 def _is_image_name(name: str) -> bool:

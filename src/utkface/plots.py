@@ -9,13 +9,13 @@ model allow and returns `{plot name: file name}` for the report.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from utkface.atomic import atomic_open
 from utkface.names import GENDERS, MAX_AGE, RACES, UNKNOWN_RACE
 
 DPI = 100
@@ -79,17 +79,9 @@ def write_plots(
 def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     """Render `figure` to PNG at `path` through a temp file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            figure.savefig(file, format="png", dpi=DPI)
-        os.chmod(temp, 0o644)  # mkstemp makes it owner-only; a report is for everyone to read
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as file:
+        figure.savefig(file, format="png", dpi=DPI)
     return path
 
 
