@@ -28,6 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from utkface import metrics
+from utkface.atomic import atomic_open
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
 from utkface.config import ConfigError, TrainConfig
@@ -476,12 +477,10 @@ def _seed_everything(seed: int) -> None:
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
     fields = list(dict.fromkeys(key for row in history for key in row))
-    temp = path.with_suffix(".csv.tmp")
-    with open(temp, "w", newline="") as file:
+    with atomic_open(path, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(temp, path)
 
 
 def _format_metrics(values: dict) -> str:
