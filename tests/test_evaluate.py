@@ -14,9 +14,10 @@ from PIL import Image
 from utkface import data, plots
 from utkface.checkpoint import model_spec, save_checkpoint
 from utkface.cli import main
-from utkface.evaluate import EvaluationError, evaluate, summary
+from utkface.evaluate import EvaluationError, evaluate
 from utkface.models import build_model
 from utkface.preprocess import Preprocess
+from utkface.report import summary
 
 SIZE = 32
 TOP_KEYS = {

@@ -56,6 +56,10 @@ def real_crops(real_data) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, real_crops) -> Path:
+    # A trained model for the screenshot: UTKFACE_DEMO_CHECKPOINT=runs/quickstart/best.pt
+    # (only with `-k chromium`: the other tests here assume the tiny model).
+    if os.environ.get("UTKFACE_DEMO_CHECKPOINT"):
+        return Path(os.environ["UTKFACE_DEMO_CHECKPOINT"])
     images = np.stack([load_rgb(data, 64) for data in real_crops])
     return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.pt", images, size=64)
 

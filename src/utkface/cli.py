@@ -66,7 +66,8 @@ def add_evaluate_parser(subparsers) -> None:
         from pathlib import Path
 
         from utkface.checkpoint import CheckpointError
-        from utkface.evaluate import EvaluationError, evaluate, summary
+        from utkface.evaluate import EvaluationError, evaluate
+        from utkface.report import summary
         from utkface.sources import SourceError
 
         name = args.split or ("all" if args.data else "test")

@@ -19,6 +19,7 @@ CS_KS = tuple(range(1, 11))  # CS@k: share of ages predicted within k years; CS@
 ECE_BINS = 15
 LOG_LOSS_EPS = 1e-7  # probabilities come as float32: a sure mistake costs ~16 nats, not infinity
 UNKNOWN = "unknown"  # group name of race -1
+MIN_GROUP_N = 20  # groups smaller than this are listed but not ranked for best-worst gaps
 GROUPINGS = ("age_band", "gender", "race", "race_gender")
 
 

@@ -256,3 +256,23 @@ def _captions(indices: np.ndarray, labels: dict, predictions: dict) -> list[str]
             guess.append(f"P(F)={predictions['gender_prob'][i]:.2f}")
         captions.append(f"{truth}\npred {' '.join(guess)}")
     return captions
+
+
+def training_curves(history: list[dict]) -> Figure:
+    """Per-epoch training loss, validation age MAE and validation gender accuracy."""
+    figure = Figure(figsize=(12, 3.6))
+    epochs = [row["epoch"] for row in history]
+    panels = [
+        ("train_loss", "training loss"),
+        ("val_mae", "validation age MAE (years)"),
+        ("val_gender_acc", "validation gender accuracy"),
+    ]
+    panels = [(key, title) for key, title in panels if any(key in row for row in history)]
+    for index, (key, title) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), index)
+        axes.plot(epochs, [row.get(key, np.nan) for row in history], marker="o")
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure

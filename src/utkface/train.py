@@ -3,12 +3,11 @@
     utkface train --data ../shared/UTKFace.tar.gz --time-budget 40 --out runs/main
     torchrun --nproc-per-node 2 -m utkface train ...   # DDP, no other change
 
-A run folder holds `config.json`, `metrics.csv` (one row per epoch), `last.pt`, `best.pt`
-(lowest validation score: age MAE + 20 x gender error rate, i.e. one point of gender accuracy
-is worth 0.2 years) and, at the end, `final_metrics.json` (test metrics of the best checkpoint).
-`last.pt`
-also carries the optimizer, step and RNG states, so `resume` continues exactly where a run
-stopped, mid-epoch included.
+A run folder holds `config.json`, `metrics.csv` (one row per epoch) and `curves.png` (its
+plot), `last.pt`, `best.pt` (lowest validation score: age MAE + 20 x gender error rate, i.e. one
+point of gender accuracy is worth 0.2 years) and, at the end, `final_metrics.json` (test metrics
+of the best checkpoint). `last.pt` also carries the optimizer, step and RNG states, so `resume`
+continues exactly where a run stopped, mid-epoch included.
 """
 
 from __future__ import annotations
@@ -27,15 +26,16 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from utkface import metrics
 from utkface.atomic import atomic_open
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
 from utkface.config import ConfigError, TrainConfig
 from utkface.data import Dataset, prepare
+from utkface.evaluate import build_report
 from utkface.inference import predict_arrays
 from utkface.losses import multitask_loss
 from utkface.models import build_model, model_tasks
+from utkface.plots import save_figure, training_curves
 from utkface.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 SEED_RUNS = {"seed_gender": "gender_model", "seed_age": "age_model"}
@@ -301,23 +301,14 @@ class Trainer:
         images = self.dataset.images[indices]
         predictions = predict_arrays(model, self.preprocess, images, self.config.eval_batch_size)
         labels = self.dataset.labels(indices)
+        report = build_report(labels, predictions)  # the same definitions as `evaluate`
         result: dict = {"n": int(len(indices))}
-        if "age" in predictions:
-            age = metrics.age_metrics(
-                labels["age"],
-                predictions["age"],
-                predictions.get("age_low"),
-                predictions.get("age_high"),
-            )
-            result.update(mae=age["mae"], cs5=age["cs"]["5"])
-        if "gender_prob" in predictions:
-            result["gender_acc"] = metrics.gender_metrics(
-                labels["gender"], predictions["gender_prob"]
-            )["accuracy"]
-        if "race_prob" in predictions:
-            result["race_acc"] = metrics.race_metrics(labels["race"], predictions["race_prob"])[
-                "accuracy"
-            ]
+        if report["age"]:
+            result.update(mae=report["age"]["mae"], cs5=report["age"]["cs"]["5"])
+        if report["gender"]:
+            result["gender_acc"] = report["gender"]["accuracy"]
+        if report["race"]:
+            result["race_acc"] = report["race"]["accuracy"]
         result["score"] = (result.get("mae") or 0.0) + GENDER_ERROR_YEARS * (
             1 - result["gender_acc"] if result.get("gender_acc") is not None else 0.0
         )
@@ -341,6 +332,7 @@ class Trainer:
         if self.main:
             state["history"].append(row)
             _write_metrics(self.out / "metrics.csv", state["history"])
+            save_figure(training_curves(state["history"]), self.out / "curves.png")
             best = row["val_score"] < state["best_score"]
             if best:
                 state["best_score"] = row["val_score"]
