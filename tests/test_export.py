@@ -116,7 +116,7 @@ def test_cli_export_default_size_128_with_race(tmp_path, real_data, capsys):
 def test_cli_export_reports_bad_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["export", "--checkpoint", str(bad)]) == 1
+    assert main(["export", "--checkpoint", str(bad)]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
 
 

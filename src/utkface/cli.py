@@ -20,20 +20,15 @@ def add_prepare_parser(subparsers) -> None:
 
     def run(args) -> int:
         from utkface.data import prepare
-        from utkface.sources import SourceError
 
-        try:
-            dataset = prepare(
-                args.data,
-                size=args.size,
-                out=args.out,
-                seed=args.seed,
-                workers=args.workers,
-                progress=True,
-            )
-        except SourceError as error:  # a missing or unreadable --data: say so, no traceback
-            print(f"utkface prepare: {error}", file=sys.stderr)
-            return 2
+        dataset = prepare(
+            args.data,
+            size=args.size,
+            out=args.out,
+            seed=args.seed,
+            workers=args.workers,
+            progress=True,
+        )
         print(dataset.summary())
         return 0
 
@@ -65,33 +60,27 @@ def add_evaluate_parser(subparsers) -> None:
     def run(args) -> int:
         from pathlib import Path
 
-        from utkface.checkpoint import CheckpointError
-        from utkface.evaluate import EvaluationError, evaluate
+        from utkface.evaluate import evaluate
         from utkface.report import summary
-        from utkface.sources import SourceError
 
         name = args.split or ("all" if args.data else "test")
         if args.data and name == "all":
             name = Path(args.data).name.split(".")[0]
         out = args.out or Path(args.checkpoint).parent / f"eval-{name}"
-        try:
-            report = evaluate(
-                args.checkpoint,
-                data=args.data,
-                split=args.split,
-                out=out,
-                tta=args.tta,
-                batch_size=args.batch_size,
-                device=args.device,
-                cache=args.cache,
-                split_seed=args.split_seed,
-                workers=args.workers,
-                make_plots=not args.no_plots,
-                progress=True,
-            )
-        except (CheckpointError, EvaluationError, SourceError) as error:
-            print(f"utkface evaluate: {error}", file=sys.stderr)
-            return 2
+        report = evaluate(
+            args.checkpoint,
+            data=args.data,
+            split=args.split,
+            out=out,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            device=args.device,
+            cache=args.cache,
+            split_seed=args.split_seed,
+            workers=args.workers,
+            make_plots=not args.no_plots,
+            progress=True,
+        )
         print(summary(report))
         print(f"written to {out}")
         return 0
@@ -115,20 +104,15 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip the parity check")
 
     def run(args) -> int:
-        from utkface.checkpoint import CheckpointError
-        from utkface.export import DEFAULT_OPSET, ParityError, export_onnx
+        from utkface.export import DEFAULT_OPSET, export_onnx
 
-        try:
-            export_onnx(
-                args.checkpoint,
-                args.out,
-                opset=args.opset or DEFAULT_OPSET,
-                check=not args.no_check,
-                images=args.images,
-            )
-        except (CheckpointError, ParityError, ImportError, ValueError) as error:
-            print(f"utkface export: {error}", file=sys.stderr)
-            return 1
+        export_onnx(
+            args.checkpoint,
+            args.out,
+            opset=args.opset or DEFAULT_OPSET,
+            check=not args.no_check,
+            images=args.images,
+        )
         return 0
 
     parser.set_defaults(func=run)
@@ -147,23 +131,18 @@ def add_serve_parser(subparsers) -> None:
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
 
     def run(args) -> int:
-        from utkface.checkpoint import CheckpointError
         from utkface.serve import run as serve
 
         backend = args.backend or ("onnx" if args.checkpoint.endswith(".onnx") else "torch")
-        try:
-            serve(
-                args.checkpoint,
-                host=args.host,
-                port=args.port,
-                backend=backend,
-                faces=args.faces,
-                max_bytes=int(args.max_mb * 2**20),
-                max_pixels=int(args.max_megapixels * 1e6),
-            )
-        except (CheckpointError, ImportError, ValueError) as error:
-            print(f"utkface serve: {error}", file=sys.stderr)
-            return 2
+        serve(
+            args.checkpoint,
+            host=args.host,
+            port=args.port,
+            backend=backend,
+            faces=args.faces,
+            max_bytes=int(args.max_mb * 2**20),
+            max_pixels=int(args.max_megapixels * 1e6),
+        )
         return 0
 
     parser.set_defaults(func=run)
@@ -265,28 +244,23 @@ def add_predict_parser(subparsers) -> None:
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
 
     def run(args) -> int:
-        from utkface.checkpoint import CheckpointError
         from utkface.predict import Predictor, describe, predict_files
 
         def report(prediction) -> None:
             if prediction.error or not args.out:
                 print(describe(prediction), file=sys.stderr if prediction.error else sys.stdout)
 
-        try:
-            predictor = Predictor.from_checkpoint(
-                args.checkpoint,
-                device=args.device,
-                backend=args.backend,
-                faces=args.faces,
-                batch_size=args.batch_size,
-                workers=args.workers,
-            )
-            summary = predict_files(
-                args.inputs, predictor, out=args.out, annotate=args.annotate, report=report
-            )
-        except (CheckpointError, ImportError, ValueError) as error:
-            print(f"utkface predict: {error}", file=sys.stderr)
-            return 2
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint,
+            device=args.device,
+            backend=args.backend,
+            faces=args.faces,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        summary = predict_files(
+            args.inputs, predictor, out=args.out, annotate=args.annotate, report=report
+        )
         print(f"{summary}" + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
         return 1 if summary.failed else 0
 
@@ -325,17 +299,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input or setup can cause: bad files, settings, missing extras (their
+    ImportError names the extra to install), a failed export parity check."""
     from utkface.checkpoint import CheckpointError
-    from utkface.config import ConfigError
+    from utkface.evaluate import EvaluationError
+    from utkface.export import ParityError
     from utkface.images import ImageError
     from utkface.models import PretrainedWeightsError
     from utkface.sources import SourceError
 
     return (
         CheckpointError,
-        ConfigError,
+        EvaluationError,
         ImageError,
+        ParityError,
         PretrainedWeightsError,
         SourceError,
         FileNotFoundError,
+        ImportError,
+        ValueError,  # includes ConfigError: a bad option, named with its valid choices
     )
