@@ -337,16 +337,8 @@ class Trainer:
             if best:
                 state["best_score"] = row["val_score"]
             self._save(model, optimizer, state, self.out / "last.pt", row)
-            if best:
-                save_checkpoint(
-                    self.out / "best.pt",
-                    model,
-                    self.spec,
-                    self.preprocess,
-                    config=self.config.to_dict(),
-                    metrics=row,
-                    epoch=state["epoch"],
-                )
+            if best:  # weights and metadata only: best.pt is for using, not resuming
+                self._save(model, None, state, self.out / "best.pt", row)
         if self.world > 1:
             dist.barrier()
         return row
@@ -383,15 +375,19 @@ class Trainer:
         }
 
     def _save(self, model, optimizer, state, path, row) -> None:
-        train_state = {key: value for key, value in state.items() if key != "aug_rng"}
-        train_state.update(
-            aug_rng=state["aug_rng"].get_state(),
-            optimizer=optimizer.state_dict(),
-            torch_rng=torch.get_rng_state(),
-            numpy_rng=np.random.get_state(),
-            python_rng=random.getstate(),
-            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        )
+        """A checkpoint of `model`; with `optimizer`, also everything `resume` needs."""
+        extra = None
+        if optimizer is not None:
+            train_state = {key: value for key, value in state.items() if key != "aug_rng"}
+            train_state.update(
+                aug_rng=state["aug_rng"].get_state(),
+                optimizer=optimizer.state_dict(),
+                torch_rng=torch.get_rng_state(),
+                numpy_rng=np.random.get_state(),
+                python_rng=random.getstate(),
+                cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            )
+            extra = {"train_state": train_state}
         save_checkpoint(
             path,
             model,
@@ -400,7 +396,7 @@ class Trainer:
             config=self.config.to_dict(),
             metrics=row,
             epoch=state["epoch"],
-            extra={"train_state": train_state},
+            extra=extra,
         )
 
     def _load_resume(self, model, optimizer) -> dict:
