@@ -22,7 +22,8 @@ from utkface.cli import main
 from utkface.images import load_rgb
 from utkface.inference import predict_arrays
 from utkface.names import RACES
-from utkface.predict import Prediction, Predictor, TorchBackend, describe, predict_files
+from utkface.predict import Prediction, Predictor, TorchBackend
+from utkface.predict_files import describe, predict_files
 from utkface.sources import iter_members
 
 SIZE = 64

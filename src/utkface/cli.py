@@ -244,7 +244,8 @@ def add_predict_parser(subparsers) -> None:
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
 
     def run(args) -> int:
-        from utkface.predict import Predictor, describe, predict_files
+        from utkface.predict import Predictor
+        from utkface.predict_files import describe, predict_files
 
         def report(prediction) -> None:
             if prediction.error or not args.out:
