@@ -1,0 +1,66 @@
+"""The benchmark's own arithmetic: FLOP counting and the report. No timing is checked here."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import run, steps
+
+
+def _count(conv: torch.nn.Conv2d, x: torch.Tensor) -> int:
+    mapping = {torch.ops.aten.convolution_backward: steps._conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        conv(x).sum().backward()
+    return counter.get_total_flops()
+
+
+def test_depthwise_backward_counts_two_forward_convolutions():
+    # 32 channels, groups 32, 3x3, 8x8 output, batch 2: 2 * 2*32*8*8*9 = 73,728 FLOPs forward.
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
+    x = torch.randn(2, 32, 8, 8, requires_grad=True)
+    forward = 2 * 2 * 32 * 8 * 8 * 9
+    assert _count(conv, x) == 3 * forward  # forward + input gradient + weight gradient
+
+
+def test_dense_backward_matches_torch_formula():
+    conv = torch.nn.Conv2d(8, 16, 3, bias=False)
+    x = torch.randn(2, 8, 10, 10)  # no input gradient: forward + weight gradient
+    with FlopCounterMode(display=False) as counter:
+        conv(x).sum().backward()
+    assert _count(conv, x) == counter.get_total_flops() == 2 * (2 * 2 * 16 * 8 * 8 * 8 * 9)
+
+
+def test_plan_and_markdown(tmp_path):
+    planned = run.plan("quick", tmp_path, tmp_path / "cache", run.SECTIONS)
+    names = [step.name for step in planned]
+    assert names[:3] == ["ingest-cold", "ingest-warm", "peak-conv"]
+    assert "accuracy-seed_gender" in names and "inference-seed_age-onnx" in names
+    measured = {
+        "step": "peak-conv",
+        "others_cores": 0.5,
+        "load_start": [1.0, 1.0, 1.0],
+        "load_end": [2.0, 1.0, 1.0],
+        "peak_rss_mb": 300.0,
+        "wall_s": 3.0,
+    }
+    rows = [
+        {"section": "peak", "system": "conv", "value": 100.0, "text": "100", "notes": ""},
+        {"section": "training throughput", "system": "a|b", "gflops": 25.0, "text": "x"},
+    ]
+    rows = [{"notes": "", **line, **measured} for line in rows]
+    derived = run.derive(rows)
+    assert rows[1]["share_of_peak"] == 0.25 and rows[1]["text"].endswith("25% of peak")
+    machine = {
+        "cpu": "cpu",
+        "cores": 2,
+        "usable_cores": 2,
+        "torch": "t",
+        "torch_threads": 2,
+        "onnxruntime": "o",
+        "python": "p",
+    }
+    info = {"date": "d", "command": "c", "mode": "quick", "minutes": 1.0}
+    report = {"run": {**info, "sizes": run.MODES["quick"]}, "machine": machine}
+    text = run.markdown({**report, "derived": derived, "rows": rows})
+    assert "a\\|b" in text and "0.50 ⚠" in text and "Disturbed steps: peak-conv." in text
