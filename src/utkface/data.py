@@ -283,29 +283,29 @@ def _decode_all(payloads: list[bytes], size: int, target: np.ndarray, workers, p
     """
     global _TARGET
     workers = workers or os.cpu_count() or 1
-    shared = isinstance(target, np.memmap) or workers == 1
-    if not shared and workers > 1 and len(payloads) >= 256:
+    parallel = workers > 1 and len(payloads) >= 256 and os.name == "posix"  # fork needed
+    staging = target
+    if parallel and not isinstance(target, np.memmap):
         # Anonymous shared memory, so forked workers' writes are seen here.
         buffer = mmap.mmap(-1, max(target.nbytes, 1))
         staging = np.frombuffer(buffer, dtype=np.uint8).reshape(target.shape)
-    else:
-        staging = target
     _TARGET = staging
     problems: list[str | None] = [None] * len(payloads)
     jobs = ((i, payload, size) for i, payload in enumerate(payloads))
     bar = tqdm(total=len(payloads), desc="decode", unit="img", disable=not progress)
+    pool = multiprocessing.get_context("fork").Pool(workers) if parallel else None
     try:
-        if workers == 1 or len(payloads) < 256 or os.name != "posix":
-            results = map(_decode_into, jobs)
-            for index, problem in results:
-                problems[index] = problem
-                bar.update()
-        else:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for index, problem in pool.imap_unordered(_decode_into, jobs, chunksize=64):
-                    problems[index] = problem
-                    bar.update()
+        results = (
+            pool.imap_unordered(_decode_into, jobs, chunksize=64)
+            if pool
+            else map(_decode_into, jobs)
+        )
+        for index, problem in results:
+            problems[index] = problem
+            bar.update()
     finally:
+        if pool:
+            pool.terminate()
         bar.close()
         _TARGET = None
     if staging is not target:
