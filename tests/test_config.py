@@ -88,7 +88,12 @@ def test_bad_model_and_device_name_the_choices():
 
 @pytest.mark.parametrize(
     "overrides, name",
-    [({"size": 0}, "size"), ({"batch_size": 0}, "batch_size"), ({"time_budget": 0}, "time")],
+    [
+        ({"size": 0}, "size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"time_budget": 0}, "time"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+    ],
 )
 def test_bad_numbers_fail_at_once(overrides, name):
     with pytest.raises(ConfigError, match=name):

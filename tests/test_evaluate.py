@@ -217,6 +217,24 @@ def test_plots_are_written_atomically_and_non_empty(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["cs.png"]
 
 
+@pytest.mark.parametrize("average", [False, True])
+def test_training_curves_draw_the_average_next_to_the_weights(average):
+    history = [
+        {"epoch": epoch, "train_loss": 5.0 - epoch, "val_mae": 6.0 - epoch, "val_gender_acc": 0.9}
+        for epoch in (1, 2, 3)
+    ]
+    if average:
+        for row in history:
+            row.update(val_ema_mae=row["val_mae"] - 0.1, val_ema_gender_acc=0.91)
+    figure = plots.training_curves(history)
+    lines = [[line.get_label() for line in axes.get_lines()] for axes in figure.axes]
+    pair = ["weights", "average"] if average else ["weights"]
+    assert lines == [["_child0"], pair, pair]
+    assert list(figure.axes[1].get_lines()[-1].get_ydata()) == [
+        row.get("val_ema_mae", row["val_mae"]) for row in history
+    ]
+
+
 @pytest.mark.slow
 def test_real_data_slice(checkpoint, tmp_path):
     source = data.default_source()

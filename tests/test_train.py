@@ -95,14 +95,21 @@ def test_run_folder(finished_run, real_dataset):
     rows = _rows(out / "metrics.csv")
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     assert [int(row["step"]) for row in rows] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
-    for column in ("train_loss", "val_mae", "val_cs5", "val_gender_acc", "lr", "images_per_s"):
+    columns = ("train_loss", "val_mae", "val_cs5", "val_gender_acc", "lr", "images_per_s")
+    for column in columns + ("val_ema_mae", "val_ema_gender_acc", "val_ema_score"):
         assert all(np.isfinite(float(row[column])) for row in rows), column
     assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # cosine decay
 
     final = json.loads((out / "final_metrics.json").read_text())
     assert final == json.loads(json.dumps(result))
     assert final["test"]["n"] == len(_split(real_dataset, "test", config))
-    assert final["val"]["val_score"] == min(float(row["val_score"]) for row in rows)
+    # best.pt: the lowest validation score of either the weights or their average.
+    scores = {
+        (int(row["epoch"]), weights): float(row[column])
+        for row in rows
+        for weights, column in (("weights", "val_score"), ("ema", "val_ema_score"))
+    }
+    assert (final["best_epoch"], final["best_weights"]) == min(scores, key=scores.get)
 
     last = read_checkpoint(out / "last.pt")
     assert last["train_state"]["step"] == last["train_state"]["total_steps"] == 8
@@ -171,11 +178,15 @@ def test_resume_after_interruption_gives_the_same_weights(
     train(config, real_dataset, out, subset=SUBSET, progress=False, resume=True)
     _assert_same_weights(full / "last.pt", out / "last.pt")
     _assert_same_weights(full / "best.pt", out / "best.pt")
+    averages = [read_checkpoint(run / "last.pt")["train_state"]["ema"] for run in (full, out)]
+    assert averages[0]["updates"] == averages[1]["updates"] == 2 * STEPS_PER_EPOCH
+    for key, value in averages[0]["weights"].items():
+        assert torch.equal(value, averages[1]["weights"][key]), key
     full_rows, rows = _rows(full / "metrics.csv"), _rows(out / "metrics.csv")
     assert len(rows) == len(full_rows) == 2
     for row, full_row in zip(rows, full_rows):
         # The interrupted epoch's row still averages the loss over all of its steps.
-        for key in ("epoch", "step", "lr", "train_loss", "val_mae", "val_gender_acc", "val_score"):
+        for key in ("epoch", "step", "lr", "train_loss", "val_mae", "val_score", "val_ema_score"):
             assert row[key] == full_row[key], key
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["test"] == json.loads((full / "final_metrics.json").read_text())["test"]

@@ -46,6 +46,7 @@ class TrainConfig:
     )  # age is in years (~5), gender and race in nats (~0.2): weights balance them
     age_sigma: float = 2.0  # width in years of the Gaussian label distribution
     age_l1_weight: float = 0.25  # weight of |E[age] - age| inside the age loss
+    ema_decay: float = 0.998  # weight average per step, scored on val with the weights; 0 = off
     seed: int = 0  # data split, initialisation, shuffling and augmentation
     device: str = "auto"  # auto = cuda if available, else mps, else cpu
     threads: int = 0  # CPU threads for torch; 0 = all cores
@@ -71,6 +72,8 @@ class TrainConfig:
                 f"model {self.model!r} takes {SEED_PRESET['size']} px input (the seed's "
                 f"architecture), got size {self.size}"
             )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"time_budget must be positive minutes, got {self.time_budget}")
         bad = [k for k in self.loss_weights if k not in TASKS]
@@ -94,6 +97,7 @@ SEED_PRESET = {
     "min_lr_ratio": 1.0,  # Keras Adam: a constant learning rate
     "dropout": 0.2,
     "batch_size": 32,
+    "ema_decay": 0.0,  # the seed kept its trained weights
 }
 
 

@@ -259,18 +259,28 @@ def _captions(indices: np.ndarray, labels: dict, predictions: dict) -> list[str]
 
 
 def training_curves(history: list[dict]) -> Figure:
-    """Per-epoch training loss, validation age MAE and validation gender accuracy."""
+    """Per-epoch training loss, validation age MAE and validation gender accuracy (of the
+    trained weights and, where the run kept one, of their moving average)."""
     figure = Figure(figsize=(12, 3.6))
     epochs = [row["epoch"] for row in history]
     panels = [
-        ("train_loss", "training loss"),
-        ("val_mae", "validation age MAE (years)"),
-        ("val_gender_acc", "validation gender accuracy"),
+        ("training loss", {"train_loss": None}),
+        ("validation age MAE (years)", {"val_mae": "weights", "val_ema_mae": "average"}),
+        (
+            "validation gender accuracy",
+            {"val_gender_acc": "weights", "val_ema_gender_acc": "average"},
+        ),
     ]
-    panels = [(key, title) for key, title in panels if any(key in row for row in history)]
-    for index, (key, title) in enumerate(panels, start=1):
+    present = {key for row in history for key in row}
+    panels = [(title, lines) for title, lines in panels if present & set(lines)]
+    for index, (title, lines) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, len(panels), index)
-        axes.plot(epochs, [row.get(key, np.nan) for row in history], marker="o")
+        for key, label in lines.items():
+            if key in present:
+                values = [row.get(key, np.nan) for row in history]
+                axes.plot(epochs, values, marker="o", label=label)
+        if len(present & set(lines)) > 1:
+            axes.legend()
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)

@@ -6,8 +6,10 @@
 A run folder holds `config.json`, `metrics.csv` (one row per epoch) and `curves.png` (its
 plot), `last.pt`, `best.pt` (lowest validation score: age MAE + 20 x gender error rate, i.e. one
 point of gender accuracy is worth 0.2 years) and, at the end, `final_metrics.json` (test metrics
-of the best checkpoint). `last.pt` also carries the optimizer, step and RNG states, so `resume`
-continues exactly where a run stopped, mid-epoch included.
+of the best checkpoint). Each epoch scores the trained weights (`val_*` columns) and their
+moving average (`val_ema_*`, see `ema.py`); `best.pt` holds whichever scored lower. `last.pt`
+also carries the optimizer, average, step and RNG states, so `resume` continues exactly where a
+run stopped, mid-epoch included.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from utkface.augment import Augment
 from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
 from utkface.config import ConfigError, TrainConfig
 from utkface.data import Dataset, prepare
+from utkface.ema import WeightAverage
 from utkface.evaluate import build_report
 from utkface.inference import predict_arrays
 from utkface.losses import multitask_loss
@@ -158,6 +161,7 @@ class Trainer:
         )
         model = model.to(self.device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+        self.average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
         state = self._fresh_state()
         if resume:
             state = self._load_resume(model, optimizer)
@@ -202,6 +206,8 @@ class Trainer:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     loss, parts = self._step(net, optimizer, batch, state["aug_rng"])
+                    if self.average is not None:
+                        self.average.update(model)
                     losses.append([loss] + [parts.get(t, float("nan")) for t in self.tasks])
                     state["step"] += 1
                     state["step_in_epoch"] += 1
@@ -214,6 +220,7 @@ class Trainer:
                     if state["total_steps"] is None and timed_steps == min(12, steps_per_epoch):
                         per_step = (time.time() - epoch_start) / timed_steps
                         val_guess = per_step / config.batch_size / 3 * len(self.split["val"])
+                        val_guess *= 1 if self.average is None else 2  # it scores both
                         state["total_steps"] = self._budget_steps(
                             started, state["step"], per_step, val_guess, steps_per_epoch
                         )
@@ -323,9 +330,15 @@ class Trainer:
             "train_loss": float(mean[0]),
         }
         row.update({f"train_{t}_loss": float(v) for t, v in zip(self.tasks, mean[1:])})
+        candidates = {"weights": model}
         if self.main:
             val = self._validate(model, "val")
             row.update({f"val_{key}": value for key, value in val.items() if key != "n"})
+            if self.average is not None:
+                candidates["ema"] = self.average.model
+                val = self._validate(self.average.model, "val")
+                row.update({f"val_ema_{key}": value for key, value in val.items() if key != "n"})
+                row["selected"] = "ema" if row["val_ema_score"] < row["val_score"] else "weights"
         row.update(
             images_per_s=images_done / max(seconds, 1e-9), seconds=seconds, elapsed=state["elapsed"]
         )
@@ -333,12 +346,14 @@ class Trainer:
             state["history"].append(row)
             _write_metrics(self.out / "metrics.csv", state["history"])
             save_figure(training_curves(state["history"]), self.out / "curves.png")
-            best = row["val_score"] < state["best_score"]
+            selected = row.get("selected", "weights")
+            score = row["val_ema_score"] if selected == "ema" else row["val_score"]
+            best = score < state["best_score"]
             if best:
-                state["best_score"] = row["val_score"]
+                state["best_score"] = score
             self._save(model, optimizer, state, self.out / "last.pt", row)
             if best:  # weights and metadata only: best.pt is for using, not resuming
-                self._save(model, None, state, self.out / "best.pt", row)
+                self._save(candidates[selected], None, state, self.out / "best.pt", row)
         if self.world > 1:
             dist.barrier()
         return row
@@ -347,12 +362,14 @@ class Trainer:
         result: dict = {"run_dir": str(self.out)}
         if self.main:
             best = read_checkpoint(self.out / "best.pt")
-            result.update(best_epoch=best["epoch"], val=best["metrics"])
+            weights = best["metrics"].get("selected", "weights")
+            result.update(best_epoch=best["epoch"], best_weights=weights, val=best["metrics"])
             if report_test:  # once, at the very end, from the checkpoint chosen on val
                 model.load_state_dict(best["state_dict"])
                 result["test"] = self._validate(model, "test")
                 print(
-                    f"test split (best epoch {best['epoch']}): " + _format_metrics(result["test"])
+                    f"test split (best epoch {best['epoch']}, {weights}): "
+                    + _format_metrics(result["test"])
                 )
             (self.out / "final_metrics.json").write_text(json.dumps(result, indent=2))
         if self.world > 1:
@@ -387,6 +404,8 @@ class Trainer:
                 python_rng=random.getstate(),
                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             )
+            if self.average is not None:
+                train_state["ema"] = self.average.state_dict()
             extra = {"train_state": train_state}
         save_checkpoint(
             path,
@@ -411,6 +430,9 @@ class Trainer:
             )
         train_state.setdefault("epoch_losses", [])
         optimizer.load_state_dict(train_state.pop("optimizer"))
+        average = train_state.pop("ema", None)
+        if self.average is not None and average is not None:
+            self.average.load_state_dict(average)
         torch.set_rng_state(train_state.pop("torch_rng"))
         np.random.set_state(train_state.pop("numpy_rng"))
         random.setstate(train_state.pop("python_rng"))
@@ -486,7 +508,9 @@ def _format_metrics(values: dict) -> str:
 
 def _summary_line(row: dict) -> str:
     val = {key[4:]: value for key, value in row.items() if key.startswith("val_")}
+    ema = {key[8:]: value for key, value in row.items() if key.startswith("val_ema_")}
+    average = f" | average {_format_metrics(ema)}" if ema else ""
     return (
         f"epoch {row['epoch']:3d} | loss {row['train_loss']:.3f} | val {_format_metrics(val)}"
-        f" | {row['images_per_s']:.0f} img/s | {row['seconds']:.0f} s"
+        f"{average} | {row['images_per_s']:.0f} img/s | {row['seconds']:.0f} s"
     )
