@@ -1,6 +1,6 @@
 """ONNX Runtime vs PyTorch on CPU: single-image latency and batch throughput.
 
-    python benchmarks/onnx_vs_torch.py [--checkpoint CKPT] [--threads N] [--batch 64]
+    python -m benchmarks.onnx_vs_torch [--checkpoint CKPT] [--threads N] [--batch 64]
 
 Both sides take the same uint8 (B, S, S, 3) crops and return decoded predictions: PyTorch
 through `inference.predict_arrays` (the torch backend's forward pass), ONNX Runtime through
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utkface.checkpoint import load_checkpoint, model_spec, save_checkpoint
+from benchmarks.common import random_checkpoint
+from utkface.checkpoint import load_checkpoint
 from utkface.export import OnnxBackend, export_model
 from utkface.inference import predict_arrays
-from utkface.models import build_model
 from utkface.preprocess import Preprocess
 
 
@@ -37,7 +37,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = args.checkpoint or _default_checkpoint(Path(folder) / "default.pt")
+        checkpoint = args.checkpoint or random_checkpoint(Path(folder) / "default.pt")
         model, meta = load_checkpoint(checkpoint)
         preprocess: Preprocess = meta["preprocess"]
         onnx = OnnxBackend(export_model(model, meta).SerializeToString(), threads=args.threads)
@@ -74,14 +74,6 @@ def _timings(backend, batch: np.ndarray, seconds: float, warmup: int = 3) -> lis
         backend(batch)
         times.append(time.perf_counter() - start)
     return times
-
-
-def _default_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    tasks = ("age", "gender")
-    model = build_model("mobilenet_v2", tasks, pretrained=False)
-    save_checkpoint(path, model, model_spec("mobilenet_v2", tasks), Preprocess(size=128))
-    return path
 
 
 def _ort_version() -> str:

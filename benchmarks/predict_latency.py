@@ -1,6 +1,6 @@
 """Prediction speed on CPU: single-image latency with the model loaded, and batch throughput.
 
-    python benchmarks/predict_latency.py [CHECKPOINT] [--images 64] [--batch-size 32]
+    python -m benchmarks.predict_latency [CHECKPOINT] [--images 64] [--batch-size 32]
 
 Without CHECKPOINT a randomly initialised default model (mobilenet_v2, age + gender, 128 px) is
 timed: speed does not depend on the weights. Inputs are real UTKFace crops from the shared
@@ -22,11 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utkface.checkpoint import model_spec, save_checkpoint
+from benchmarks.common import random_checkpoint
 from utkface.data import default_source
-from utkface.models import build_model
 from utkface.predict import Predictor
-from utkface.preprocess import Preprocess
 from utkface.sources import iter_members
 
 
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
-        checkpoint = args.checkpoint or default_checkpoint(folder / "random.pt")
+        checkpoint = args.checkpoint or random_checkpoint(folder / "random.pt")
         predictor = Predictor.from_checkpoint(
             checkpoint, backend=args.backend, batch_size=args.batch_size
         )
@@ -80,13 +78,6 @@ def median_seconds(run, repeats: int) -> float:
         run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def default_checkpoint(path: Path) -> Path:
-    tasks = ("age", "gender")
-    model = build_model("mobilenet_v2", tasks, pretrained=False)
-    save_checkpoint(path, model, model_spec("mobilenet_v2", tasks), Preprocess(size=128))
-    return path
 
 
 def write_crops(folder: Path, count: int) -> list[Path]:

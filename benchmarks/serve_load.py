@@ -1,6 +1,6 @@
 """Requests per second the web demo sustains on loopback, with no errors.
 
-    python benchmarks/serve_load.py [--checkpoint CKPT] [--backend onnx] [--image PHOTO]
+    python -m benchmarks.serve_load [--checkpoint CKPT] [--backend onnx] [--image PHOTO]
                                     [--clients 4] [--requests 200] [--seconds 20]
 
 Starts `serve.create_app` under uvicorn on 127.0.0.1 (a free port) in this process, then
@@ -28,9 +28,7 @@ import numpy as np
 import torch
 import uvicorn
 
-from utkface.checkpoint import model_spec, save_checkpoint
-from utkface.models import build_model
-from utkface.preprocess import Preprocess
+from benchmarks.common import random_checkpoint
 from utkface.serve import create_app
 
 
@@ -45,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = args.checkpoint or _default_checkpoint(Path(folder) / "default.pt")
+        checkpoint = args.checkpoint or random_checkpoint(Path(folder) / "default.pt")
         app = create_app(checkpoint, backend=args.backend)
     payload, content_type = _payload(args.image)
 
@@ -116,14 +114,6 @@ def _payload(image: str | None) -> tuple[bytes, str]:
         if member.data and member.name.endswith(".jpg"):
             return member.data, "image/jpeg"
     raise SystemExit("no image in the default data; pass --image")
-
-
-def _default_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    tasks = ("age", "gender")
-    model = build_model("mobilenet_v2", tasks, pretrained=False)
-    save_checkpoint(path, model, model_spec("mobilenet_v2", tasks), Preprocess(size=128))
-    return path
 
 
 if __name__ == "__main__":

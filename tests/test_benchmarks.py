@@ -1,7 +1,14 @@
-"""The benchmark's own arithmetic: FLOP counting and the report. No timing is checked here."""
+"""The benchmark's own arithmetic (FLOP counting, the report) and the side scripts running end
+to end. No timing is checked here."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -64,3 +71,33 @@ def test_plan_and_markdown(tmp_path):
     report = {"run": {**info, "sizes": run.MODES["quick"]}, "machine": machine}
     text = run.markdown({**report, "derived": derived, "rows": rows})
     assert "a\\|b" in text and "0.50 ⚠" in text and "Disturbed steps: peak-conv." in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, arguments, expected",
+    [
+        ("onnx_vs_torch", ["--seconds", "0.05", "--batch", "4"], r"onnxruntime +\d+\.\d+"),
+        (
+            "predict_latency",
+            ["--images", "4", "--batch-size", "2", "--repeats", "2"],
+            r"4 crop files, batch 2, --faces auto +\d+\.\d+ images/s",
+        ),
+        (
+            "serve_load",
+            ["--requests", "6", "--clients", "2", "--seconds", "30"],
+            r"\d+ requests in .* errors 0 \{200: \d+\}",
+        ),
+    ],
+)
+def test_scripts_time_a_default_model_end_to_end(script, arguments, expected):
+    """Each script, without a checkpoint, builds the seeded random model and prints its rows."""
+    result = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{script}", *arguments],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(expected, result.stdout), result.stdout
