@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import torch
 from conftest import REAL_SIZE
 
 from utkface import metrics
+from utkface import train as train_module
 from utkface.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from utkface.cli import main
 from utkface.config import resolve_config
@@ -190,6 +192,36 @@ def test_resume_after_interruption_gives_the_same_weights(
             assert row[key] == full_row[key], key
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["test"] == json.loads((full / "final_metrics.json").read_text())["test"]
+
+
+@pytest.mark.parametrize("presses, saved_step", [(1, 6), (2, STEPS_PER_EPOCH)])
+def test_ctrl_c_in_the_middle_of_a_step(
+    finished_run, real_dataset, tmp_path, monkeypatch, capsys, presses, saved_step
+):
+    """One Ctrl-C during step 6 lets that step finish, then saves it; a second one stops at
+    once and keeps the end-of-epoch `last.pt`. Either way, resume ends at the full run's weights."""
+    config, full, _ = finished_run
+    out = tmp_path / "ctrl-c"
+    original, calls = train_module.multitask_loss, []
+
+    def loss_then_sigint(*args, **kwargs):  # the loss is computed before backward and AdamW
+        calls.append(1)
+        if len(calls) == 6:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "multitask_loss", loss_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, real_dataset, out, subset=SUBSET, progress=False)
+    assert read_checkpoint(out / "last.pt")["train_state"]["step"] == saved_step
+    printed = capsys.readouterr().out
+    assert ("stopped at once" if presses == 2 else "interrupted: saved") in printed
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+
+    monkeypatch.setattr(train_module, "multitask_loss", original)
+    train(config, real_dataset, out, subset=SUBSET, progress=False, resume=True)
+    _assert_same_weights(full / "last.pt", out / "last.pt")
 
 
 def test_time_budget_computes_a_finite_schedule(real_dataset, tmp_path, capsys):

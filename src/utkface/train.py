@@ -19,6 +19,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -151,6 +153,10 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------
     def run(self, resume: bool, on_step, report_test: bool = True) -> dict:
+        with _DeferredInterrupt() as self.interrupt:
+            return self._run(resume, on_step, report_test)
+
+    def _run(self, resume: bool, on_step, report_test: bool) -> dict:
         config = self.config
         _seed_everything(config.seed)
         model = build_model(
@@ -198,6 +204,7 @@ class Trainer:
             net.train()
             try:
                 while state["step_in_epoch"] < steps_per_epoch:
+                    self.interrupt.check()  # a Ctrl-C during the last step stops here
                     total = state["total_steps"] or provisional
                     if state["step"] >= total:
                         break
@@ -228,9 +235,14 @@ class Trainer:
                         on_step(state["step"])
             except KeyboardInterrupt:
                 state["elapsed"] = time.time() - started
-                if self.main:
+                if self.main and not self.interrupt.forced:
                     self._save(model, optimizer, state, self.out / "last.pt", {})
                     print(f"\ninterrupted: saved {self.out / 'last.pt'}; continue with --resume")
+                elif self.main:
+                    print(
+                        f"\nstopped at once: {self.out / 'last.pt'} is from the end of epoch "
+                        f"{state['epoch']}; continue with --resume"
+                    )
                 raise
             finally:
                 bar.close()
@@ -449,6 +461,33 @@ class Trainer:
                 f"step {train_state['step']}"
             )
         return train_state
+
+
+class _DeferredInterrupt:
+    """Holds a Ctrl-C (SIGINT) until the optimizer step under way is complete, so the `last.pt`
+    saved on interrupt never holds a half-applied step; a second Ctrl-C stops at once, and then
+    nothing is saved. Outside the main thread (no signal handlers there) it does nothing."""
+
+    def __enter__(self) -> _DeferredInterrupt:
+        self.requested = self.forced = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _lr_at(step: int, total: int, config: TrainConfig) -> float:
