@@ -25,7 +25,7 @@ def test_average_follows_the_formula_with_its_warm_up():
         with torch.no_grad():
             model[0].weight.fill_(value)
         model[1].num_batches_tracked.fill_(update * 7)
-        average.update(model)
+        average.update()
         decay = min(0.5, (1 + update) / (10 + update))  # 2/11, 3/12, 4/13: the warm-up rules
         expected = decay * expected + (1 - decay) * value
         assert torch.allclose(average.model[0].weight, torch.full((1, 2), expected))
@@ -37,13 +37,16 @@ def test_average_follows_the_formula_with_its_warm_up():
 def test_state_round_trip_continues_identically():
     model = _model()
     first = WeightAverage(model, decay=0.9)
-    first.update(model)
-    second = WeightAverage(_model(), decay=0.9)
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+    first.update()
+    second = WeightAverage(model, decay=0.9)  # e.g. a resumed run: fresh, then loaded
     second.load_state_dict(first.state_dict())
+    assert torch.equal(second.model[0].weight, first.model[0].weight)
     with torch.no_grad():
         model[0].weight.fill_(4.0)
-    first.update(model)
-    second.update(model)
+    first.update()
+    second.update()
     assert second.updates == first.updates == 2
     assert torch.equal(first.model[0].weight, second.model[0].weight)
 

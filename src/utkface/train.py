@@ -214,7 +214,7 @@ class Trainer:
                         group["lr"] = lr
                     loss, parts = self._step(net, optimizer, batch, state["aug_rng"])
                     if self.average is not None:
-                        self.average.update(model)
+                        self.average.update()
                     losses.append([loss] + [parts.get(t, float("nan")) for t in self.tasks])
                     state["step"] += 1
                     state["step_in_epoch"] += 1
