@@ -27,3 +27,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write `data` to `path` through `atomic_open`; text as UTF-8."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with atomic_open(path) as file:
+        file.write(data)

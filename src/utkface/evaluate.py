@@ -32,7 +32,7 @@ import torch
 
 from utkface import data as data_module
 from utkface import metrics, plots
-from utkface.atomic import atomic_open
+from utkface.atomic import atomic_write
 from utkface.checkpoint import load_checkpoint
 from utkface.inference import predict_arrays
 from utkface.models import INTERVAL
@@ -127,8 +127,8 @@ def evaluate(
             "predictions": "predictions.csv",
         }
         report["timing"]["total_s"] = time.perf_counter() - started
-        _atomic_write(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-        _atomic_write(out / "report.md", markdown(report))
+        atomic_write(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+        atomic_write(out / "report.md", markdown(report))
     report["timing"]["total_s"] = time.perf_counter() - started
     return report
 
@@ -250,9 +250,4 @@ def _write_predictions(path: Path, evalset: EvalSet, predictions: dict) -> None:
         rows.append(row)
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows([header, *rows])
-    _atomic_write(path, text.getvalue())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    with atomic_open(path, "w") as file:
-        file.write(text)
+    atomic_write(path, text.getvalue())

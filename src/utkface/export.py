@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from utkface import __version__
-from utkface.atomic import atomic_open
+from utkface.atomic import atomic_write
 from utkface.checkpoint import load_checkpoint
 from utkface.images import ImageError, load_rgb
 from utkface.inference import predict_arrays
@@ -92,7 +92,7 @@ def export_onnx(
         differences = check_parity(proto.SerializeToString(), model, meta["preprocess"], batch)
         if verbose:
             print(format_parity(differences, len(batch)))
-    _atomic_write(proto.SerializeToString(), out)
+    atomic_write(out, proto.SerializeToString())
     if verbose:
         print(f"wrote {out} (opset {opset}, {out.stat().st_size / 1e6:.1f} MB)")
     return out
@@ -311,11 +311,6 @@ def _require(module: str):
         return __import__(module)
     except ImportError as error:
         raise ImportError(f"{INSTALL_HINT} (missing module {module!r})") from error
-
-
-def _atomic_write(data: bytes, path: Path) -> None:
-    with atomic_open(path) as file:
-        file.write(data)
 
 
 def _is_image_name(name: str) -> bool:

@@ -14,14 +14,16 @@ import csv
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from glob import glob
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageDraw, ImageFont
 
+from utkface.atomic import atomic_open
 from utkface.images import open_rgb
 from utkface.names import IMAGE_SUFFIXES
 from utkface.predict import FaceResult, Prediction, Predictor
@@ -119,11 +121,15 @@ def predict_files(
     """Predict on every file named by `inputs`; write `out` (.jsonl: one object per input;
     .csv: one row per face) atomically, annotated copies under `annotate`, and call `report`
     on each `Prediction`. Bad inputs are recorded as errors and the run goes on."""
-    writer = _ResultWriter(Path(out)) if out else None  # checks the suffix before any work
+    if out and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:  # before any work
+        raise ValueError(f"--out {out}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}")
     files, errors = expand_inputs(inputs)
     names = dict(files)
     summary = RunSummary()
-    try:
+    # A failure anywhere leaves no partial `out` and any earlier file of that name untouched.
+    output = atomic_open(out, "w", newline="", encoding="utf-8") if out else nullcontext()
+    with output as stream:
+        writer = _ResultWriter(stream, Path(out).suffix.lower() == ".csv") if out else None
         results = predictor.predict_iter([file for file, _ in files], faces)
         for prediction in itertools.chain(errors, results):
             summary.inputs += 1
@@ -135,12 +141,6 @@ def predict_files(
                 _write_annotated(Path(prediction.source), prediction, Path(annotate), names)
             if report:
                 report(prediction)
-    except BaseException:
-        if writer:
-            writer.discard()
-        raise
-    if writer:
-        writer.close()
     return summary
 
 
@@ -167,17 +167,12 @@ def _label(face: FaceResult) -> str:
 
 
 class _ResultWriter:
-    """Streams results into a temp file beside `path`; `close` renames it over `path`."""
+    """Streams results into an open text file: JSON lines (one per input) or CSV (one row per
+    face)."""
 
-    def __init__(self, path: Path):
-        if path.suffix.lower() not in OUTPUT_SUFFIXES:
-            raise ValueError(
-                f"--out {path}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, self.temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        self.path, self.file = path, os.fdopen(handle, "w", newline="", encoding="utf-8")
-        self.csv = csv.DictWriter(self.file, CSV_COLUMNS) if path.suffix.lower() == ".csv" else None
+    def __init__(self, file: IO[str], as_csv: bool):
+        self.file = file
+        self.csv = csv.DictWriter(file, CSV_COLUMNS) if as_csv else None
         if self.csv:
             self.csv.writeheader()
 
@@ -205,16 +200,6 @@ class _ResultWriter:
                 }
             )
 
-    def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.temp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        Path(self.temp).unlink(missing_ok=True)
-
 
 def annotate_image(image: Image.Image, prediction: Prediction) -> Image.Image:
     """A copy of `image` with each face boxed and labelled (age, interval, gender)."""
@@ -240,5 +225,6 @@ def _write_annotated(
     target = folder / names[file]
     if target.suffix.lower() not in (".jpg", ".jpeg", ".png", ".webp", ".bmp"):
         target = target.with_suffix(".png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    annotate_image(open_rgb(file), prediction).save(target, quality=90)
+    with atomic_open(target) as out:
+        image_format = Image.registered_extensions()[target.suffix.lower()]
+        annotate_image(open_rgb(file), prediction).save(out, format=image_format, quality=90)

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from utkface.atomic import atomic_open
+from utkface.atomic import atomic_open, atomic_write
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
 from utkface.config import ConfigError, TrainConfig
@@ -74,7 +74,7 @@ def train(
     if config.model == "seed":
         if not resume and int(os.environ.get("RANK", 0)) == 0:
             out.mkdir(parents=True, exist_ok=True)  # the whole run's config, for --resume
-            (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=2))
         results = {}
         for index, (name, folder) in enumerate(SEED_RUNS.items()):
             single = TrainConfig(**{**config.to_dict(), "model": name})
@@ -173,7 +173,7 @@ class Trainer:
             state = self._load_resume(model, optimizer)
         elif self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            atomic_write(self.out / "config.json", json.dumps(config.to_dict(), indent=2))
             print("config: " + json.dumps(config.to_dict()))
         net = model
         if self.world > 1:
@@ -239,9 +239,14 @@ class Trainer:
                     self._save(model, optimizer, state, self.out / "last.pt", {})
                     print(f"\ninterrupted: saved {self.out / 'last.pt'}; continue with --resume")
                 elif self.main:
+                    last = self.out / "last.pt"
                     print(
-                        f"\nstopped at once: {self.out / 'last.pt'} is from the end of epoch "
-                        f"{state['epoch']}; continue with --resume"
+                        "\nstopped at once, nothing saved: "
+                        + (
+                            f"--resume continues from {last} as saved before"
+                            if last.is_file()
+                            else "no checkpoint was written yet"
+                        )
                     )
                 raise
             finally:
@@ -383,7 +388,7 @@ class Trainer:
                     f"test split (best epoch {best['epoch']}, {weights}): "
                     + _format_metrics(result["test"])
                 )
-            (self.out / "final_metrics.json").write_text(json.dumps(result, indent=2))
+            atomic_write(self.out / "final_metrics.json", json.dumps(result, indent=2))
         if self.world > 1:
             dist.barrier()
         return result
