@@ -29,7 +29,8 @@ from utkface.cli import main
 from utkface.config import resolve_config
 from utkface.data import split_of
 from utkface.inference import predict_arrays
-from utkface.train import Trainer, _subset, load_run_config, train
+from utkface.train import Trainer, load_run_config, train
+from utkface.training.sampling import subset_indices
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _split(dataset, name: str, config) -> np.ndarray:
-    return _subset(dataset.indices(name), SUBSET, config.seed)
+    return subset_indices(dataset.indices(name), SUBSET, config.seed)
 
 
 def _assert_same_weights(path_a: Path, path_b: Path) -> None:
