@@ -153,19 +153,8 @@ class Trainer:
             state["total_steps"] = config.epochs * steps
         provisional = state["total_steps"] or config.epochs * steps
         started = time.time() - state["elapsed"]
-        budget = None
-        if config.time_budget is not None:
-            budget = TimeBudget(
-                config.time_budget,
-                started,
-                batch_size=config.batch_size,
-                val_size=len(self.split["val"]),
-                test_size=len(self.split["test"]),
-                validations=1 if self.average is None else 2,  # it scores both
-                steps_per_epoch=steps,
-                cluster=cluster,
-            )
-
+        validations = 1 if self.average is None else 2  # it scores both
+        budget = TimeBudget.for_run(config, started, self.split, validations, steps, cluster)
         with DeferredInterrupt() as interrupt:
             # An epoch interrupted after its last step still owes its validation and checkpoints.
             while state["step"] < (state["total_steps"] or provisional) or state["step_in_epoch"]:

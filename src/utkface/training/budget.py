@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from utkface.config import TrainConfig
 from utkface.training.distributed import Cluster
 
 MEASURED_STEPS = 12
@@ -33,6 +34,30 @@ class TimeBudget:
         self.batch_size, self.val_size, self.test_size = batch_size, val_size, test_size
         self.validations = validations  # val passes per epoch (weights, and their average)
         self.steps_per_epoch, self.cluster = steps_per_epoch, cluster
+
+    @classmethod
+    def for_run(
+        cls,
+        config: TrainConfig,
+        started: float,
+        splits: dict,
+        validations: int,
+        steps: int,
+        cluster,
+    ) -> TimeBudget | None:
+        """The budget of a run with `config.time_budget` (None without one)."""
+        if config.time_budget is None:
+            return None
+        return cls(
+            config.time_budget,
+            started,
+            batch_size=config.batch_size,
+            val_size=len(splits["val"]),
+            test_size=len(splits["test"]),
+            validations=validations,
+            steps_per_epoch=steps,
+            cluster=cluster,
+        )
 
     def first_fit(self, step: int, timed_steps: int, epoch_seconds: float) -> int | None:
         """Total steps once the first steps of an epoch have been timed (None before)."""
