@@ -154,7 +154,9 @@ class Trainer:
         provisional = state["total_steps"] or config.epochs * steps
         started = time.time() - state["elapsed"]
         validations = 1 if self.average is None else 2  # it scores both
-        budget = TimeBudget.for_run(config, started, self.split, validations, steps, cluster)
+        budget = None
+        if config.time_budget is not None:
+            budget = TimeBudget(config, started, self.split, validations, steps, cluster)
         with DeferredInterrupt() as interrupt:
             # An epoch interrupted after its last step still owes its validation and checkpoints.
             while state["step"] < (state["total_steps"] or provisional) or state["step_in_epoch"]:

@@ -20,44 +20,18 @@ TEST_ALLOWANCE_S = 10.0  # fixed cost of the final test pass (loading best.pt, w
 class TimeBudget:
     def __init__(
         self,
-        minutes: float,
-        started: float,
-        *,
-        batch_size: int,
-        val_size: int,
-        test_size: int,
-        validations: int,
-        steps_per_epoch: int,
-        cluster: Cluster,
-    ):
-        self.minutes, self.started = minutes, started
-        self.batch_size, self.val_size, self.test_size = batch_size, val_size, test_size
-        self.validations = validations  # val passes per epoch (weights, and their average)
-        self.steps_per_epoch, self.cluster = steps_per_epoch, cluster
-
-    @classmethod
-    def for_run(
-        cls,
         config: TrainConfig,
         started: float,
         splits: dict,
         validations: int,
-        steps: int,
-        cluster,
-    ) -> TimeBudget | None:
-        """The budget of a run with `config.time_budget` (None without one)."""
-        if config.time_budget is None:
-            return None
-        return cls(
-            config.time_budget,
-            started,
-            batch_size=config.batch_size,
-            val_size=len(splits["val"]),
-            test_size=len(splits["test"]),
-            validations=validations,
-            steps_per_epoch=steps,
-            cluster=cluster,
-        )
+        steps_per_epoch: int,
+        cluster: Cluster,
+    ):
+        """`started`: when the run started (time.time()); `splits`: the indices of each split;
+        `validations`: val passes per epoch (the weights, and their average)."""
+        self.minutes, self.started, self.batch_size = config.time_budget, started, config.batch_size
+        self.val_size, self.test_size = len(splits["val"]), len(splits["test"])
+        self.validations, self.steps_per_epoch, self.cluster = validations, steps_per_epoch, cluster
 
     def first_fit(self, step: int, timed_steps: int, epoch_seconds: float) -> int | None:
         """Total steps once the first steps of an epoch have been timed (None before)."""
