@@ -1,9 +1,10 @@
 """Training end to end on a small slice of the real data: the run folder, checkpoints that
 reload to identical predictions, exact resume after an interruption, the time budget, the seed
-preset, the CLI and DDP with two CPU processes (gloo).
+preset, the CLI, and DDP across two "nodes" of one CPU process each (torchrun, c10d, gloo).
 
 All runs share the session's real dataset (`real_dataset`, prepared once at `REAL_SIZE` px)
-and train a randomly initialised MobileNetV2 on ~70 images for a few steps.
+and train a randomly initialised MobileNetV2 on ~70 images for a few steps; the two-node test
+prepares 80 generated faces of its own, to check that they are prepared once.
 """
 
 from __future__ import annotations
