@@ -37,7 +37,8 @@ from utkface.data import Dataset, Record, default_source, prepare
 from utkface.losses import multitask_loss
 from utkface.models import build_model, model_tasks
 from utkface.preprocess import Preprocess
-from utkface.train import _subset, train
+from utkface.train import train
+from utkface.training.sampling import subset_indices
 
 TARGET_GENDER_ACC = 0.87  # the seed project's claimed gender accuracy
 INGEST_SIZE = 128
@@ -254,8 +255,9 @@ def time_to_accuracy(model: str, budget: float, subset: float, run_dir: str, thr
     start = time.perf_counter()
     dataset = prepare(default_source(), size=config.size, seed=config.seed)
     prepare_seconds = time.perf_counter() - start
-    val = _subset(dataset.indices("val"), subset, config.seed)  # what the Trainer validates on
-    n_train = len(_subset(dataset.indices("train"), subset, config.seed))
+    # what the Trainer validates on
+    val = subset_indices(dataset.indices("val"), subset, config.seed)
+    n_train = len(subset_indices(dataset.indices("train"), subset, config.seed))
     val_digest = hashlib.sha256("\n".join(dataset.records[i].file for i in val).encode())
     start = time.perf_counter()
     train(config, dataset, run_dir, subset=subset, progress=False, report_test=False)

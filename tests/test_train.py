@@ -1,9 +1,10 @@
 """Training end to end on a small slice of the real data: the run folder, checkpoints that
 reload to identical predictions, exact resume after an interruption, the time budget, the seed
-preset, the CLI and DDP with two CPU processes (gloo).
+preset, the CLI, and DDP across two "nodes" of one CPU process each (torchrun, c10d, gloo).
 
 All runs share the session's real dataset (`real_dataset`, prepared once at `REAL_SIZE` px)
-and train a randomly initialised MobileNetV2 on ~70 images for a few steps.
+and train a randomly initialised MobileNetV2 on ~70 images for a few steps; the two-node test
+prepares 80 generated faces of its own, to check that they are prepared once.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from utkface import train as train_module
 from utkface.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from utkface.cli import main
 from utkface.config import resolve_config
-from utkface.data import split_of
+from utkface.data import prepare, split_of
 from utkface.inference import predict_arrays
-from utkface.train import Trainer, _subset, load_run_config, train
+from utkface.train import Trainer, load_run_config, train
+from utkface.training.sampling import subset_indices
+from utkface.training.trace import STOP_ENV, TRACE_ENV, parameters_digest
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +78,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _split(dataset, name: str, config) -> np.ndarray:
-    return _subset(dataset.indices(name), SUBSET, config.seed)
+    return subset_indices(dataset.indices(name), SUBSET, config.seed)
 
 
 def _assert_same_weights(path_a: Path, path_b: Path) -> None:
@@ -244,20 +247,24 @@ def test_time_budget_computes_a_finite_schedule(real_dataset, tmp_path, capsys):
 # the seed preset: two CNNs at 200 px
 
 
-@pytest.fixture(scope="module")
-def seed_faces(tmp_path_factory, make_faces, face_names):
-    """Generated 200 px faces, chosen so every split has some (12 train, 3 val, 3 test)."""
-    wanted = {"train": 12, "val": 3, "test": 3}
-    names = []
-    for name in face_names(400):
+def _faces_by_split(folder: Path, make_faces, face_names, wanted: dict, size: int) -> Path:
+    """Generated faces under UTKFace names, `wanted[split]` of each split."""
+    wanted, names = dict(wanted), []
+    for name in face_names(40 * sum(wanted.values())):
         split = split_of(name)
         if wanted[split]:
             wanted[split] -= 1
             names.append(name)
     assert not any(wanted.values())
-    folder = tmp_path_factory.mktemp("seed-faces")
-    make_faces(folder, names, size=200)
+    make_faces(folder, names, size=size)
     return folder
+
+
+@pytest.fixture(scope="module")
+def seed_faces(tmp_path_factory, make_faces, face_names):
+    """Generated 200 px faces, chosen so every split has some (12 train, 3 val, 3 test)."""
+    folder = tmp_path_factory.mktemp("seed-faces")
+    return _faces_by_split(folder, make_faces, face_names, {"train": 12, "val": 3, "test": 3}, 200)
 
 
 def test_seed_preset_trains_both_cnns_and_resumes(seed_faces, tmp_path):
@@ -366,18 +373,97 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_ddp_two_cpu_processes(real_data, real_dataset, tmp_path):
-    out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-    command += ["-m", "utkface", *_cli_args(real_data, real_dataset, out)]
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert RUN_FILES <= {path.name for path in out.iterdir()}
-    state = read_checkpoint(out / "last.pt")["train_state"]
-    # 68 train images over 2 ranks of batch 16: 2 steps, each on 32 images.
-    assert state["step"] == state["total_steps"] == 68 // 2 // BATCH
-    model, meta = load_checkpoint(out / "best.pt")
-    predictions = predict_arrays(model, meta["preprocess"], real_dataset.images[[0, 1, 2, 3]])
-    assert np.isfinite(predictions["age"]).all()
+# The README's multi-node command, run as two "nodes" of one process each on this machine.
+NODE_FACES = {"train": 64, "val": 8, "test": 8}  # 64 = 2 ranks x 2 steps x batch 16
+NODE_STEPS = 2  # per epoch
+
+
+def _node_args(faces: Path, cache: Path, out: Path) -> list[str]:
+    return [
+        *("train", "--data", str(faces), "--cache", str(cache), "--out", str(out)),
+        *("--model", "mobilenet_v3_small", "--no-pretrained", "--size", "32"),
+        *("--batch-size", str(BATCH), "--epochs", "2", "--threads", "1", "--device", "cpu"),
+    ]
+
+
+def _two_nodes(args: list[str], **env: str) -> tuple[list[int], str]:
+    """`torchrun --nnodes 2 --node-rank K ... -m utkface ARGS` for K = 0, 1 at once (c10d
+    rendezvous on a free local port, gloo); returns their exit codes."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", **env)
+    nodes = []
+    for node_rank in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+        command += ["--nproc-per-node", "1", "--node-rank", str(node_rank)]
+        command += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "test"]
+        command += ["-m", "utkface", *args]
+        nodes.append(
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    return [node.returncode for node in nodes], "\n".join(outputs)[-6000:]
+
+
+def _traces(run: Path) -> list[dict]:
+    return [json.loads((run / "trace" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def _parameters_digest(checkpoint: Path, names: list[str]) -> str:
+    state = read_checkpoint(checkpoint)["state_dict"]
+    return parameters_digest({name: state[name] for name in names})
+
+
+def test_two_nodes_train_in_step_and_resume(tmp_path, make_faces, face_names):
+    faces = _faces_by_split(tmp_path / "faces", make_faces, face_names, NODE_FACES, 48)
+    cache, full, part = tmp_path / "cache", tmp_path / "full", tmp_path / "part"
+    trace = {TRACE_ENV: "1"}
+
+    codes, output = _two_nodes(_node_args(faces, cache, full), **trace)
+    assert codes == [0, 0], output
+    assert RUN_FILES <= {path.name for path in full.iterdir()}
+    ranks = _traces(full)
+    assert {(t["rank"], t["node"], t["world"]) for t in ranks} == {(0, 0, 2), (1, 1, 2)}
+
+    # The data was prepared once: rank 1 opened the cache only after rank 0 had built it.
+    assert len(list(cache.iterdir())) == 1
+    first, second = (t["prepare"][0] for t in sorted(ranks, key=lambda t: t["rank"]))
+    assert second["started"] >= first["finished"]
+
+    # Identical weights on both ranks at the end, and those are the weights of last.pt.
+    names = ranks[0]["parameters"]
+    assert ranks[0]["parameters_digest"] == ranks[1]["parameters_digest"]
+    assert ranks[0]["parameters_digest"] == _parameters_digest(full / "last.pt", names)
+
+    # Each epoch the two ranks' shards are disjoint and cover the train split; shards change
+    # from epoch to epoch; the ranks draw different random numbers at every step.
+    train_rows = set(prepare(faces, size=32, out=cache).indices("train").tolist())
+    assert len(train_rows) == NODE_FACES["train"]
+    shards = {
+        (t["rank"], epoch): {row for s in t["steps"] if s["epoch"] == epoch for row in s["rows"]}
+        for t in ranks
+        for epoch in (1, 2)
+    }
+    for epoch in (1, 2):
+        assert not shards[0, epoch] & shards[1, epoch]
+        assert shards[0, epoch] | shards[1, epoch] == train_rows
+    assert shards[0, 1] != shards[0, 2]
+    seeds = [[s["seed"] for s in t["steps"]] for t in ranks]
+    assert len(seeds[0]) == len(seeds[1]) == 2 * NODE_STEPS
+    assert len(set(seeds[0]) | set(seeds[1])) == 4 * NODE_STEPS
+
+    # Stopped after epoch 1 (as by Ctrl-C on every node), then resumed: the same run.
+    codes, output = _two_nodes(_node_args(faces, cache, part), **trace, **{STOP_ENV: "2"})
+    assert codes != [0, 0], output
+    saved = read_checkpoint(part / "last.pt")
+    assert (saved["epoch"], saved["train_state"]["step"]) == (1, NODE_STEPS)
+    assert len(_rows(part / "metrics.csv")) == 1
+    resume = ["train", "--resume", str(part), "--data", str(faces), "--cache", str(cache)]
+    codes, output = _two_nodes(resume, **trace)
+    assert codes == [0, 0], output
+    _assert_same_weights(full / "last.pt", part / "last.pt")
+    _assert_same_weights(full / "best.pt", part / "best.pt")
+    for resumed, uninterrupted in zip(_traces(part), ranks):
+        assert resumed["steps"] == uninterrupted["steps"]
+        assert resumed["parameters_digest"] == uninterrupted["parameters_digest"]

@@ -11,7 +11,9 @@ turns them into ages, intervals and probabilities. Nothing here imports training
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ import torchvision
 from torch import nn
 
 from utkface.names import NUM_AGES, RACES
+from utkface.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 TASKS = ("age", "gender", "race")
 SEED_MODELS = ("seed_gender", "seed_age")
@@ -85,6 +88,43 @@ class SeedCNN(nn.Module):
         return {self.output: self.head(self.features(x)).squeeze(1)}
 
 
+@dataclass(frozen=True)
+class ModelEntry:
+    """Everything specific to one model name, in one place: training, checkpoints and prediction
+    ask here rather than testing names."""
+
+    build: Callable[..., nn.Module]  # (tasks, pretrained, **options) -> the network
+    tasks: tuple[str, ...] | None = None  # the fixed tasks of a one-task model; None = any
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalization (0..1 scale)
+    std: tuple[float, float, float] = IMAGENET_STD
+    options: tuple[str, ...] = ("dropout",)  # TrainConfig fields passed on to `build`
+
+    def preprocess(self, size: int) -> Preprocess:
+        return Preprocess(size, self.mean, self.std)
+
+
+def _seed_cnn(widths: Sequence[int], output: str) -> Callable[..., nn.Module]:
+    return lambda tasks, pretrained: SeedCNN(widths, output=output)
+
+
+MODELS: dict[str, ModelEntry] = {
+    **{name: ModelEntry(partial(MultiTaskNet, name)) for name in BACKBONES},
+    # The seed scaled pixels to 0..1 and had no options.
+    "seed_gender": ModelEntry(
+        _seed_cnn((36, 64, 128, 256, 512), "gender"), ("gender",), (0.0,) * 3, (1.0,) * 3, ()
+    ),
+    "seed_age": ModelEntry(
+        _seed_cnn((128, 128, 256, 512), "age_value"), ("age",), (0.0,) * 3, (1.0,) * 3, ()
+    ),
+}
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return MODELS[name]
+
+
 def build_model(
     name: str = "mobilenet_v2",
     tasks: Sequence[str] = ("age", "gender"),
@@ -92,21 +132,19 @@ def build_model(
     **kwargs,
 ) -> nn.Module:
     """Build a model by name. `tasks` applies to backbone models; seed models have one task."""
-    if name == "seed_gender":
-        return SeedCNN((36, 64, 128, 256, 512), output="gender")
-    if name == "seed_age":
-        return SeedCNN((128, 128, 256, 512), output="age_value")
-    if name not in BACKBONES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    unknown = [task for task in tasks if task not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"unknown or empty tasks {list(tasks)}; choose from {', '.join(TASKS)}")
-    return MultiTaskNet(name, tasks, pretrained, **kwargs)
+    entry = model_entry(name)
+    if entry.tasks is None:
+        unknown = [task for task in tasks if task not in TASKS]
+        if unknown or not tasks:
+            raise ValueError(
+                f"unknown or empty tasks {list(tasks)}; choose from {', '.join(TASKS)}"
+            )
+    return entry.build(tasks, pretrained, **kwargs)
 
 
 def model_tasks(name: str, tasks: Sequence[str]) -> tuple[str, ...]:
     """The tasks a model of this name actually predicts."""
-    return {"seed_gender": ("gender",), "seed_age": ("age",)}.get(name, tuple(tasks))
+    return model_entry(name).tasks or tuple(tasks)
 
 
 @torch.no_grad()

@@ -1,0 +1,59 @@
+"""`--time-budget`: the number of optimizer steps that fits the minutes given.
+
+The speed is measured over the first steps (12, or fewer in short epochs), the schedule's length
+is set from it, and it is refitted after every epoch to the speed seen so far (the machine may
+be busier or freer than at the start); the cosine learning rate follows the new length.
+"""
+
+from __future__ import annotations
+
+import time
+
+from utkface.config import TrainConfig
+from utkface.training.distributed import Cluster
+
+MEASURED_STEPS = 12
+SAFETY = 0.97  # share of the budget planned for; the rest absorbs noise
+TEST_ALLOWANCE_S = 10.0  # fixed cost of the final test pass (loading best.pt, warm-up)
+
+
+class TimeBudget:
+    def __init__(
+        self,
+        config: TrainConfig,
+        started: float,
+        splits: dict,
+        validations: int,
+        steps_per_epoch: int,
+        cluster: Cluster,
+    ):
+        """`started`: when the run started (time.time()); `splits`: the indices of each split;
+        `validations`: val passes per epoch (the weights, and their average)."""
+        self.minutes, self.started, self.batch_size = config.time_budget, started, config.batch_size
+        self.val_size, self.test_size = len(splits["val"]), len(splits["test"])
+        self.validations, self.steps_per_epoch, self.cluster = validations, steps_per_epoch, cluster
+
+    def first_fit(self, step: int, timed_steps: int, epoch_seconds: float) -> int | None:
+        """Total steps once the first steps of an epoch have been timed (None before)."""
+        if timed_steps != min(MEASURED_STEPS, self.steps_per_epoch):
+            return None
+        per_step = epoch_seconds / timed_steps
+        # Evaluation runs about 3x faster per image than a training step (no backward).
+        validation = per_step / self.batch_size / 3 * self.val_size * self.validations
+        return self.fit(step, per_step, validation, announce=True)
+
+    def fit(self, step: int, per_step: float, per_epoch: float, announce: bool = False) -> int:
+        """Total steps that fit at `per_step` seconds a step plus `per_epoch` seconds of
+        validation and checkpoints an epoch, keeping room for one test pass. Every rank gets
+        rank 0's answer, so all stop at the same step."""
+        test_cost = per_step / self.batch_size / 3 * self.test_size + TEST_ALLOWANCE_S
+        remaining = self.minutes * 60 * SAFETY - (time.time() - self.started) - test_cost
+        per_step_all_in = per_step + per_epoch / self.steps_per_epoch
+        total = self.cluster.broadcast_int(step + max(0, int(remaining / per_step_all_in)))
+        if self.cluster.main and announce:
+            rate = self.batch_size * self.cluster.world / per_step
+            print(
+                f"time budget {self.minutes} min at {rate:.0f} img/s: {total} steps "
+                f"(~{total / self.steps_per_epoch:.1f} epochs)"
+            )
+        return total

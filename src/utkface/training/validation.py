@@ -1,0 +1,61 @@
+"""Scoring during training: the weights and their moving average on `val` every epoch, and the
+checkpoint chosen on `val` once on `test` at the end. The metrics come from `evaluate`'s
+`build_report`, so a number printed while training means what it means in a report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from utkface.data import Dataset
+from utkface.evaluate import build_report
+from utkface.inference import predict_arrays
+from utkface.preprocess import Preprocess
+
+GENDER_ERROR_YEARS = 20.0  # model selection: 1 point of gender accuracy = 0.2 years of MAE
+
+
+class Validator:
+    def __init__(
+        self,
+        dataset: Dataset,
+        splits: dict[str, np.ndarray],
+        preprocess: Preprocess,
+        batch_size: int,
+    ):
+        self.dataset, self.splits = dataset, splits
+        self.preprocess, self.batch_size = preprocess, batch_size
+
+    def scores(self, model: nn.Module, split: str = "val") -> dict:
+        """`n`, `mae`, `cs5`, `gender_acc`, `race_acc` (for the model's tasks) and `score`, the
+        selection score: age MAE + 20 x gender error rate (lower is better)."""
+        indices = self.splits[split]
+        images = self.dataset.images[indices]
+        predictions = predict_arrays(model, self.preprocess, images, self.batch_size)
+        report = build_report(self.dataset.labels(indices), predictions)
+        result: dict = {"n": int(len(indices))}
+        if report["age"]:
+            result.update(mae=report["age"]["mae"], cs5=report["age"]["cs"]["5"])
+        if report["gender"]:
+            result["gender_acc"] = report["gender"]["accuracy"]
+        if report["race"]:
+            result["race_acc"] = report["race"]["accuracy"]
+        gender_error = 1 - result["gender_acc"] if result.get("gender_acc") is not None else 0.0
+        result["score"] = (result.get("mae") or 0.0) + GENDER_ERROR_YEARS * gender_error
+        return result
+
+    def epoch_columns(
+        self, model: nn.Module, average: nn.Module | None
+    ) -> tuple[dict, nn.Module, float]:
+        """The `val_*` (and `val_ema_*`, `selected`) columns of an epoch's metrics row, the
+        better of the weights and their average, and its score."""
+        weights = self.scores(model)
+        columns = {f"val_{key}": value for key, value in weights.items() if key != "n"}
+        if average is None:
+            return columns, model, weights["score"]
+        averaged = self.scores(average)
+        columns.update({f"val_ema_{key}": value for key, value in averaged.items() if key != "n"})
+        better = averaged["score"] < weights["score"]
+        columns["selected"] = "ema" if better else "weights"
+        return columns, (average if better else model), min(averaged["score"], weights["score"])
