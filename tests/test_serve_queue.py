@@ -193,3 +193,18 @@ def test_worker_processes_build_their_app_from_the_environment(tmp_path, monkeyp
     gate = app.state.admission
     assert (gate.concurrency, gate.queue) == (3, 4)
     assert app.state.predictor.faces == "aligned" and app.state.predictor.size == 32
+
+
+def test_too_small_to_be_a_face_is_422_before_taking_a_slot(backend):
+    app, gate = app_with(backend, concurrency=1, queue=0)
+    buffer = io.BytesIO()
+    Image.new("RGB", (30, 12), (120, 90, 60)).save(buffer, format="PNG")
+
+    async def post():
+        async with client_for(app) as client:
+            return await client.post("/api/predict", content=buffer.getvalue())
+
+    answer = anyio.run(post)
+    assert answer.status_code == 422 and answer.json()["error"] == "too_small", answer.text
+    assert "30x12 px" in answer.json()["detail"] and "at least 24 px" in answer.json()["detail"]
+    assert backend.calls == 0 and gate.admitted == 0
