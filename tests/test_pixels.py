@@ -33,10 +33,13 @@ from utkface.predict import Predictor
 from utkface.sources import iter_members
 
 SIZE = 64
-# "The same prediction" for a lossy copy (trained model): a quality-95 JPEG of the photo moved
-# the baseline model's age by at most MEASURED and P(female) by at most MEASURED on these crops.
-AGE_TOLERANCE = 0.5  # years
-FEMALE_TOLERANCE = 0.02  # P(female)
+# "The same prediction" for a lossy copy, with a trained model. Measured with the baseline run's
+# epoch-3 checkpoint on 100 val crops against the upright lossless original (|delta| median /
+# max): a plain quality-95 re-encode moves age 0.04 / 0.40 years and P(female) 0.0002 / 0.013;
+# the EXIF 6 / 8, CMYK and greyscale JPEGs at most 0.69 years and 0.021. Reading the rotated
+# files without their tag moves age 6.6 / 55 years and P(female) 0.38 / 0.92.
+AGE_TOLERANCE = 1.0  # years
+FEMALE_TOLERANCE = 0.03  # P(female)
 FLOAT_NOISE = 1e-4  # the same pixels in another batch position: float summation order only
 JPEG = {"format": "JPEG", "quality": 95, "subsampling": 0}  # 4:4:4, as good cameras save
 
@@ -190,13 +193,16 @@ def test_jpeg_orientation_cmyk_and_grey_decode_to_their_own_samples(originals):
             assert error.mean() < 3.0, (name, error.mean())  # a few levels of JPEG noise
 
 
-def test_tolerance_is_tighter_than_a_wrong_orientation(predictor, originals):
-    """Reading the EXIF-rotated files without their tag fails the parity checks, by far."""
-    want = outputs(predictor, list(originals))
+def assert_orientation_matters(predictor: Predictor, originals, want: np.ndarray) -> None:
+    """Reading the EXIF-rotated files without their tag would fail the parity checks, by far."""
     for tag in (6, 8):
         ignored = [sideways(pixels, tag) for pixels in originals]
         age, female = np.abs(outputs(predictor, ignored) - want).max(axis=0)
         assert age > 4 * AGE_TOLERANCE or female > 4 * FEMALE_TOLERANCE, (tag, age, female)
+
+
+def test_tolerance_is_tighter_than_a_wrong_orientation(predictor, originals):
+    assert_orientation_matters(predictor, originals, outputs(predictor, list(originals)))
 
 
 @pytest.mark.skipif(
@@ -211,11 +217,8 @@ def test_trained_model_parity_on_jpeg_variants(originals):
     for name in stored[0]:
         got = outputs(predictor, [variant[name] for variant in stored])
         expected = want_grey if "grey" in name else want
-        print(name, np.abs(got - expected).max(axis=0))
         assert_close(got, expected, AGE_TOLERANCE, FEMALE_TOLERANCE, name)
-    for tag in (6, 8):
-        ignored = outputs(predictor, [sideways(pixels, tag) for pixels in originals])
-        print(f"orientation {tag} ignored", np.abs(ignored - want).max(axis=0))
+    assert_orientation_matters(predictor, originals, want)
 
 
 def test_too_small_to_be_a_face_is_refused(predictor):
