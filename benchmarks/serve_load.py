@@ -95,7 +95,7 @@ class _server:
             port = sock.getsockname()[1]
         command = [sys.executable, "-m", "utkface", "serve", "--checkpoint", self.checkpoint]
         command += ["--host", HOST, "--port", str(port), *self.options]
-        self.log = open(self.folder / f"server-{port}.log", "w+")  # noqa: SIM115
+        self.log = open(self.folder / f"server-{port}.log", "w+")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         url = f"http://{HOST}:{port}"
         deadline = time.monotonic() + 180
