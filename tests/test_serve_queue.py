@@ -208,3 +208,12 @@ def test_too_small_to_be_a_face_is_422_before_taking_a_slot(backend):
     assert answer.status_code == 422 and answer.json()["error"] == "too_small", answer.text
     assert "30x12 px" in answer.json()["detail"] and "at least 24 px" in answer.json()["detail"]
     assert backend.calls == 0 and gate.admitted == 0
+
+
+def test_cli_refuses_bad_limits_before_loading_anything(capsys):
+    from utkface.cli import main
+
+    assert main(["serve", "--checkpoint", "missing.pt", "--queue", "-1"]) == 2
+    assert "queue >= 0, got 1, -1" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", "missing.pt", "--workers", "0"]) == 2
+    assert "workers must be at least 1, got 0" in capsys.readouterr().err
