@@ -1,105 +1,184 @@
-"""Requests per second the web demo sustains on loopback, with no errors.
+"""Requests per second and latency of the web demo on loopback, and its 503s past the bound.
 
-    python -m benchmarks.serve_load [--checkpoint CKPT] [--backend onnx] [--image PHOTO]
-                                    [--clients 4] [--requests 200] [--seconds 20]
+    python -m benchmarks.serve_load [--checkpoint CKPT] [--backends torch,onnx] [--image PHOTO]
+                                    [--clients 1,8,32] [--requests 300] [--seconds 30]
+                                    [--queue 64] [--overload-queue 4] [--faces auto]
 
-Starts `serve.create_app` under uvicorn on 127.0.0.1 (a free port) in this process, then
-`--clients` threads POST the image to /api/predict until `--requests` answers or `--seconds`
-have passed, whichever comes first. Prints requests/s, latency percentiles and the error count
-(any non-200 answer or exception is an error). Only loopback traffic. Without `--checkpoint`
-the default model (random-init mobilenet_v2, 128 px) is used; without `--image`, a real
-UTKFace crop from the shared archive.
+For each backend, starts `utkface serve` as a child process on 127.0.0.1 (a free port), once
+with room for every client (`--concurrency 1 --queue 64`: 65 requests per worker) and once with
+a bound below the number of clients (`--queue 4`: 5 requests), and POSTs the image to
+/api/predict from `--clients` concurrent clients (coroutines of one httpx client in this
+process) until `--requests` answers or `--seconds` have passed, whichever comes first. Prints a
+Markdown table: requests/s of 200 answers, their p50/p99 latency, and counts of 200s, deliberate
+503s (the bound) and errors (anything else: other statuses, exceptions). The child is stopped at
+the end, whatever happens. Only loopback traffic. Without `--checkpoint` the default model
+(random-init mobilenet_v2, 128 px) is used; without `--image`, a real UTKFace crop from the
+shared archive.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import asyncio
+import os
 import socket
-import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
-import uvicorn
 
 from benchmarks.common import random_checkpoint
-from utkface.serve import create_app
+
+HOST = "127.0.0.1"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", help="checkpoint (default: random-init default model)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="onnx")
+    parser.add_argument("--backends", default="torch,onnx", help="comma-separated")
     parser.add_argument("--image", help="photo to send (default: a real UTKFace crop)")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
-    parser.add_argument("--requests", type=int, default=200, help="stop after this many")
-    parser.add_argument("--seconds", type=float, default=20.0, help="or after this long")
+    parser.add_argument("--clients", default="1,8,32", help="concurrent clients, per run")
+    parser.add_argument("--requests", type=int, default=300, help="answers per run at most")
+    parser.add_argument("--seconds", type=float, default=30.0, help="seconds per run at most")
+    parser.add_argument("--queue", type=int, default=64, help="server queue for the normal runs")
+    parser.add_argument("--overload-queue", type=int, default=4, help="server queue, bound run")
+    parser.add_argument("--overload-clients", type=int, help="clients of the bound run (max)")
+    parser.add_argument("--faces", default="auto", choices=("auto", "detect", "aligned"))
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = args.checkpoint or random_checkpoint(Path(folder) / "default.pt")
-        app = create_app(checkpoint, backend=args.backend)
+    clients = [int(count) for count in args.clients.split(",")]
+    overload_clients = args.overload_clients or max(clients)
     payload, content_type = _payload(args.image)
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = args.checkpoint or str(random_checkpoint(Path(folder) / "default.pt"))
+        print(
+            f"checkpoint {args.checkpoint or 'random-init mobilenet_v2 128 px'}, "
+            f"{len(payload) / 1e3:.0f} kB {content_type}, --faces {args.faces}, "
+            f"{os.cpu_count()} cores, load average {_load()} at start"
+        )
+        print()
+        print(
+            "| backend | clients | server bound (running + queue) | answers | 200 | 503 | errors "
+            "| requests/s (200s) | p50 ms | p99 ms |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        total_errors = 0
+        for backend in args.backends.split(","):
+            runs = [(args.queue, count) for count in clients]
+            runs.append((args.overload_queue, overload_clients))
+            for queue in dict.fromkeys(queue for queue, _ in runs):
+                options = ["--backend", backend, "--queue", str(queue), "--faces", args.faces]
+                with _server(checkpoint, options, Path(folder)) as url:
+                    for _, count in (run for run in runs if run[0] == queue):
+                        load = _load_run(url, payload, content_type, count, args)
+                        row = asyncio.run(load)
+                        total_errors += row["errors"]
+                        print(_row(backend, count, 1 + queue, row), flush=True)
+        print()
+        print(f"load average {_load()} at end; errors {total_errors} (503s are deliberate)")
 
-    url = f"http://127.0.0.1:{port}/api/predict"
+
+class _server:
+    """`utkface serve` in a child process on a free loopback port; the base URL while open."""
+
+    def __init__(self, checkpoint: str, options: list[str], folder: Path):
+        self.checkpoint, self.options, self.folder = checkpoint, options, folder
+
+    def __enter__(self) -> str:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "utkface", "serve", "--checkpoint", self.checkpoint]
+        command += ["--host", HOST, "--port", str(port), *self.options]
+        self.log = open(self.folder / f"server-{port}.log", "w+")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        url = f"http://{HOST}:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.__exit__()
+                raise SystemExit(f"the server stopped: {self._log_tail()}")
+            try:
+                httpx.get(f"{url}/api/info", timeout=2).raise_for_status()
+                return url
+            except httpx.HTTPError:
+                time.sleep(0.25)  # the child is importing torch and loading the model
+        self.__exit__()
+        raise SystemExit(f"the server did not start in 180 s: {self._log_tail()}")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+    def _log_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-2000:]
+
+
+async def _load_run(url: str, payload: bytes, content_type: str, clients: int, args) -> dict:
+    """`clients` coroutines POST until `args.requests` answers or `args.seconds`; counts and
+    latencies."""
+    requests, seconds = args.requests, args.seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Content-Type": content_type}
-    with httpx.Client() as client:  # warm up: first requests pay for lazy initialisation
-        for _ in range(3):
-            client.post(url, content=payload, headers=headers).raise_for_status()
-
-    counter = itertools.count()
-    latencies: list[float] = []
     outcomes: Counter = Counter()
-    lock = threading.Lock()
-    deadline = time.perf_counter() + args.seconds
+    latencies: list[float] = []  # of 200 answers, seconds
+    sent = 0
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        for _ in range(3):  # warm up: the first requests pay for lazy initialisation
+            (await client.post("/api/predict", content=payload, headers=headers)).raise_for_status()
+        deadline = time.perf_counter() + seconds
 
-    def client_loop() -> None:
-        with httpx.Client(timeout=60) as client:
-            while next(counter) < args.requests and time.perf_counter() < deadline:
+        async def loop() -> None:
+            nonlocal sent
+            while sent < requests and time.perf_counter() < deadline:
+                sent += 1
                 start = time.perf_counter()
                 try:
-                    outcome = client.post(url, content=payload, headers=headers).status_code
+                    response = await client.post("/api/predict", content=payload, headers=headers)
+                    outcome = response.status_code
                 except httpx.HTTPError as error:
                     outcome = type(error).__name__
-                with lock:
+                if outcome == 200:
                     latencies.append(time.perf_counter() - start)
-                    outcomes[outcome] += 1
+                outcomes[outcome] += 1
 
-    started = time.perf_counter()
-    clients = [threading.Thread(target=client_loop) for _ in range(args.clients)]
-    for client_thread in clients:
-        client_thread.start()
-    for client_thread in clients:
-        client_thread.join()
-    elapsed = time.perf_counter() - started
-    server.should_exit = True
-    thread.join(timeout=10)
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    errors = sum(count for outcome, count in outcomes.items() if outcome not in (200, 503))
+    return {
+        "answers": sum(outcomes.values()),
+        "ok": outcomes[200],
+        "busy": outcomes[503],
+        "errors": errors,
+        "outcomes": dict(outcomes),
+        "rate": outcomes[200] / elapsed,
+        "p50": np.percentile(latencies, 50) * 1e3 if latencies else float("nan"),
+        "p99": np.percentile(latencies, 99) * 1e3 if latencies else float("nan"),
+    }
 
-    errors = sum(count for outcome, count in outcomes.items() if outcome != 200)
-    print(
-        f"backend {args.backend}, {args.clients} clients, {len(payload) / 1e3:.0f} kB "
-        f"{content_type}, torch threads {torch.get_num_threads()}"
+
+def _row(backend: str, clients: int, bound: int, run: dict) -> str:
+    error_text = str(run["errors"]) + (f" {run['outcomes']}" if run["errors"] else "")
+    return (
+        f"| {backend} | {clients} | {bound} | {run['answers']} | {run['ok']} | {run['busy']} "
+        f"| {error_text} | {run['rate']:.1f} | {run['p50']:.0f} | {run['p99']:.0f} |"
     )
-    print(
-        f"{len(latencies)} requests in {elapsed:.1f} s: {len(latencies) / elapsed:.1f} requests/s, "
-        f"latency median {statistics.median(latencies) * 1e3:.0f} ms, "
-        f"p90 {np.percentile(latencies, 90) * 1e3:.0f} ms, errors {errors} {dict(outcomes)}"
-    )
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _payload(image: str | None) -> tuple[bytes, str]:

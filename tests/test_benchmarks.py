@@ -83,10 +83,26 @@ def test_plan_and_markdown(tmp_path):
             ["--images", "4", "--batch-size", "2", "--repeats", "2"],
             r"4 crop files, batch 2, --faces auto +\d+\.\d+ images/s",
         ),
-        (
+        (  # one server with room for one request: 1 client is always served, 3 may get 503s
             "serve_load",
-            ["--requests", "6", "--clients", "2", "--seconds", "30"],
-            r"\d+ requests in .* errors 0 \{200: \d+\}",
+            [
+                "--backends",
+                "torch",
+                "--clients",
+                "1",
+                "--requests",
+                "6",
+                "--queue",
+                "0",
+                "--overload-queue",
+                "0",
+                "--overload-clients",
+                "3",
+                "--seconds",
+                "60",
+            ],  # fmt: skip
+            r"\| torch \| 1 \| 1 \| 6 \| 6 \| 0 \| 0 \| [\d.]+ \| \d+ \| \d+ \|\n"
+            r"\| torch \| 3 \| 1 \| 6 \| \d \| \d \| 0 \| .*\n\nload average .* errors 0 ",
         ),
     ],
 )

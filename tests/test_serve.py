@@ -112,7 +112,9 @@ def test_page_and_info(client):
     assert '<input id="file" type="file"' in page.text and "<canvas" in page.text
     assert page.headers["x-content-type-options"] == "nosniff"
     info = client.get("/api/info").json()
-    assert info["limits"] == {"max_bytes": 10 * 2**20, "max_pixels": 40_000_000}
+    limits = info["limits"]
+    assert (limits["max_bytes"], limits["max_pixels"]) == (10 * 2**20, 40_000_000)
+    assert (limits["concurrency"], limits["queue"]) == (1, 16)
     assert info["backend"] == "torch" and info["model"]["name"] == "mobilenet_v2"
     assert "image/jpeg" in info["accepted_types"]
 

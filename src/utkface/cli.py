@@ -129,6 +129,27 @@ def add_serve_parser(subparsers) -> None:
     parser.add_argument("--faces", choices=("auto", "detect", "aligned"), default="auto")
     parser.add_argument("--max-mb", type=float, default=10.0, help="largest upload in MB")
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes, each with its own model copy"
+    )
+    # Limits default to serve_limits' constants (None here), so they are stated in one place.
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="predictions running at once in each worker (default 1: one uses every core)",
+    )
+    parser.add_argument(
+        "--queue",
+        type=int,
+        help="requests that may wait in each worker beyond those running, more get 503 "
+        "(default 16)",
+    )
+    parser.add_argument(
+        "--upload-timeout", type=float, help="seconds to receive an upload, else 408 (default 30)"
+    )
+    parser.add_argument(
+        "--queue-timeout", type=float, help="seconds to wait for a slot, else 503 (default 15)"
+    )
 
     def run(args) -> int:
         from utkface.serve import run as serve
@@ -142,6 +163,12 @@ def add_serve_parser(subparsers) -> None:
             faces=args.faces,
             max_bytes=int(args.max_mb * 2**20),
             max_pixels=int(args.max_megapixels * 1e6),
+            workers=args.workers,
+            limits={
+                name: value
+                for name in ("concurrency", "queue", "upload_timeout", "queue_timeout")
+                if (value := getattr(args, name)) is not None
+            },
         )
         return 0
 

@@ -37,7 +37,7 @@ from utkface.names import GENDERS, LabelError, age_band, parse_name
 from utkface.sources import fingerprint, iter_members
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1  # bump when the cached pixels or manifest would change
+CACHE_VERSION = 2  # bump when the cached pixels or manifest would change (2: no JPEG draft)
 # <checkout>/src/utkface/data.py -> <checkout>/../shared/UTKFace.tar.gz
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "UTKFace.tar.gz"
 

@@ -39,7 +39,7 @@ from PIL import Image
 
 from utkface import faces as face_finder
 from utkface.checkpoint import load_checkpoint
-from utkface.images import ImageError, ImageSource, load_rgb, open_rgb, square_resize
+from utkface.images import ImageError, ImageSource, open_rgb, square_resize
 from utkface.inference import predict_arrays
 from utkface.names import GENDERS, RACES
 
@@ -172,6 +172,12 @@ class Predictor:
                 aligned, found = face_finder.looks_aligned(image)
             elif mode == "detect":
                 found = face_finder.detect_faces(image)
+            if aligned:
+                # The very pixels of training: `images.load_rgb` is `square_resize(open_rgb)`.
+                # Refuses an image too small to be a face.
+                crops = square_resize(image, self.size)[None]
+            else:
+                crops = [face_finder.crop_face(image, face.crop, self.size) for face in found]
         except ImageError as error:
             return _Prepared(Prediction(source, error=str(error)), empty)
         except Exception as error:  # a decoder bug on one odd file must not stop the run
@@ -181,15 +187,9 @@ class Predictor:
             side = min(image.size)
             left, top = (image.width - side) // 2, (image.height - side) // 2
             prediction.faces = [FaceResult(box=(left, top, left + side, top + side))]
-            # A file is decoded again by `load_rgb`, exactly as the dataset cache decodes it
-            # (a JPEG at least twice the size is DCT-downscaled), so a crop gets the model the
-            # very pixels of training; decoding a crop costs well under a millisecond.
-            from_file = isinstance(src, (str, os.PathLike, bytes))
-            pixels = load_rgb(src, self.size) if from_file else square_resize(image, self.size)
-            return _Prepared(prediction, pixels[None])
+            return _Prepared(prediction, crops)
         prediction.mode = "detect"
         prediction.faces = [FaceResult(box=face.box, score=face.score) for face in found]
-        crops = [face_finder.crop_face(image, face.crop, self.size) for face in found]
         return _Prepared(prediction, np.stack(crops) if crops else empty)
 
     def _finish(self, pending: list[_Prepared]) -> Iterator[Prediction]:

@@ -1,6 +1,7 @@
 """The web demo: a JSON API and a page that annotates an uploaded photo.
 
     utkface serve --checkpoint runs/x/best.pt [--host 127.0.0.1] [--port 8000] [--backend onnx]
+                  [--workers 1] [--concurrency 1] [--queue 16]
 
 - `GET /`: a page where a person drops or chooses a photo and sees the faces boxed and labelled
   (drawn client-side on a canvas from the JSON answer).
@@ -15,27 +16,31 @@
 - `GET /api/info`: the model, backend and limits.
 
 Bad uploads get a 4xx JSON answer `{"error": code, "detail": message}`: 400 not an image or
-corrupt, 413 request or image too large, 415 type not accepted. The request body is counted as
-it streams and refused past `max_bytes`; the pixel count is read from the header before
-decoding. Uploads are kept in memory (a multipart file part larger than 1 MB is spooled by
-Starlette to the system temp dir and deleted); nothing else is written. The model is loaded once
-and shared; predictions run in a worker thread, `concurrency` at a time.
+corrupt, 408 upload too slow, 413 request or image too large, 415 type not accepted, 422 image
+too small to hold a face. A busy server answers 503 with `Retry-After` (`serve_limits.py`: each
+worker process runs `concurrency` predictions at once, lets `queue` more wait, and refuses the
+rest before reading their bodies). The request body is counted as it streams and refused past
+`max_bytes`; the pixel count is read from the header before decoding. Uploads are kept in memory
+(a multipart file part larger than 1 MB is spooled by Starlette to the system temp dir and
+deleted); nothing else is written. Each worker process loads the model once; predictions run in
+worker threads.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from importlib import resources
 from typing import TYPE_CHECKING
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 
 from utkface import images as image_io
+from utkface.serve_limits import Admission, ApiError, BodyLimit
 
 if TYPE_CHECKING:
     from utkface.predict import FaceResult, Predictor
@@ -59,12 +64,7 @@ SECURITY_HEADERS = {
 }
 
 
-class ApiError(Exception):
-    """A bad request: answered as `{"error": code, "detail": detail}` with `status`."""
-
-    def __init__(self, status: int, code: str, detail: str):
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+WORKER_OPTIONS = "UTKFACE_SERVE_OPTIONS"  # create_app's arguments, as JSON, for worker processes
 
 
 def create_app(
@@ -75,10 +75,11 @@ def create_app(
     max_bytes: int = MAX_BYTES,
     max_pixels: int = MAX_PIXELS,
     accepted_types: dict[str, str] | None = None,
-    concurrency: int = 1,
+    admission: Admission | None = None,
 ) -> FastAPI:
     """The app, around a `Predictor` or a checkpoint path (loaded here, once, with `backend`
-    and `faces`, see `predict.Predictor`)."""
+    and `faces`, see `predict.Predictor`). `admission` bounds the requests at once and their
+    waiting times (default: `serve_limits.Admission()`)."""
     if isinstance(model, (str, os.PathLike)):
         from utkface.predict import Predictor
 
@@ -89,21 +90,21 @@ def create_app(
     if max_pixels > image_io.MAX_PIXELS:
         raise ValueError(f"max_pixels {max_pixels} is above images.MAX_PIXELS")
     page = resources.files("utkface").joinpath("static/index.html").read_text(encoding="utf-8")
-    limiter = anyio.CapacityLimiter(concurrency)  # one forward pass at a time uses every core
+    gate = admission or Admission()
     info = {
         "model": getattr(predictor, "meta", {}).get("model"),
         "backend": getattr(predictor, "backend_name", backend),
-        "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels},
+        "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels, **gate.limits()},
         "accepted_types": sorted(accepted),
     }
 
     app = FastAPI(title="utkface", description="Age and gender from faces", docs_url="/api/docs")
-    app.state.predictor = predictor
-    app.add_middleware(_BodyLimit, max_bytes=max_bytes)
+    app.state.predictor, app.state.admission = predictor, gate
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"error": error.code, "detail": error.detail}, status_code=error.status)
+        return error.response()
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -121,10 +122,11 @@ def create_app(
 
     @app.post("/api/predict")
     async def api_predict(request: Request) -> dict:
-        data, declared = await _read_upload(request, accepted)
-        found = _check_image(data, declared, accepted, max_pixels)
-        started = time.perf_counter()
-        result = await anyio.to_thread.run_sync(predictor.predict, data, limiter=limiter)
+        async with gate.admit():  # 503 past the bound, before the body is read
+            data, declared = await gate.upload(_read_upload(request, accepted))
+            found = _check_image(data, declared, accepted, max_pixels)
+            started = time.perf_counter()
+            result = await gate.run(predictor.predict, data)
         if result.error:
             raise ApiError(400, "corrupt_image", f"the image cannot be decoded: {result.error}")
         return {
@@ -188,6 +190,10 @@ def _check_image(data: bytes, declared: str, accepted: dict[str, str], max_pixel
             f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
             f"the limit is {max_pixels / 1e6:.0f}",
         )
+    try:  # refused before it takes a slot: the predictor would refuse it too
+        image_io.check_face_size(width, height)
+    except image_io.ImageError as error:
+        raise ApiError(422, "too_small", str(error)) from error
     return found
 
 
@@ -210,67 +216,43 @@ def _face_json(face: FaceResult) -> dict:
     return out
 
 
-class _BodyLimit:
-    """ASGI middleware: 413 as soon as a request body passes `max_bytes` (by Content-Length or
-    by counting a streamed body), before anything is parsed or spooled."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length", b"").decode()
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await _too_large(self.max_bytes, scope, send)
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _too_large(self.max_bytes, scope, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _too_large(max_bytes: int, scope, send) -> None:
-    await JSONResponse(
-        {
-            "error": "too_large",
-            "detail": f"the upload is larger than {max_bytes / 2**20:.0f} MB",
-        },
-        status_code=413,
-    )(scope, None, send)
-
-
 def run(
     checkpoint: str | os.PathLike,
     host: str = "127.0.0.1",
     port: int = 8000,
     backend: str = "torch",
+    workers: int = 1,
+    limits: dict | None = None,
     **options,
 ) -> None:
-    """Load the model once and serve until interrupted."""
+    """Serve until interrupted, with `workers` processes (each loads the model once and admits
+    requests by `limits`, the keyword arguments of `serve_limits.Admission`). `options` are
+    `create_app`'s other keyword arguments."""
     import uvicorn
 
-    app = create_app(checkpoint, backend=backend, **options)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level="info")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    # Build one app here even for several workers: a bad checkpoint or option fails now, with
+    # its message, instead of in every worker process uvicorn would keep restarting.
+    app = create_app(checkpoint, backend=backend, admission=Admission(**(limits or {})), **options)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+        return
+    del app
+    settings = {"checkpoint": str(checkpoint), "backend": backend, "workers": workers}
+    os.environ[WORKER_OPTIONS] = json.dumps({**settings, "limits": limits or {}, **options})
+    uvicorn.run(
+        "utkface.serve:worker_app", factory=True, host=host, port=port, workers=workers,
+        log_level="info",
+    )  # fmt: skip
+
+
+def worker_app() -> FastAPI:
+    """The app of one of `run`'s worker processes, from the options `run` left in the
+    environment. The cores are shared out between the workers' torch threads."""
+    import torch
+
+    options = json.loads(os.environ[WORKER_OPTIONS])
+    workers, limits = options.pop("workers"), options.pop("limits")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    return create_app(options.pop("checkpoint"), admission=Admission(**limits), **options)
