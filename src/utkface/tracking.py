@@ -19,7 +19,7 @@ rate (a 30 fps video and a camera page sending 3 frames/s smooth over the same t
 smoothed age, interval and gender are decoded from the averaged distribution exactly as
 `models.decode_outputs` decodes one (a model without a distribution averages its ages instead).
 
-`TrackerSessions` holds one tracker per camera session of the web page, bounded in number and
+`SessionStore` holds one tracker per camera session of the web page, bounded in number and
 idle time.
 """
 
@@ -29,6 +29,7 @@ import math
 import threading
 import time as clock
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,26 +180,27 @@ def _estimate(average: dict[str, np.ndarray], observations: int) -> Estimate:
     return estimate
 
 
-class TrackerSessions:
-    """One `Tracker` per session id, for the camera page: at most `max_sessions` (the least
-    recently used is dropped) and each dropped after `idle_s` seconds without a frame, so a
-    server's tracking state stays bounded whatever its clients do."""
+class SessionStore:
+    """Per-session state for the camera page (e.g. a `video_faces.FaceStream` with its
+    tracker), made by `factory` on a session's first frame: at most `max_sessions` are kept
+    (the least recently used is dropped) and each is dropped after `idle_s` seconds without a
+    frame, so a server's tracking state stays bounded whatever its clients do."""
 
-    def __init__(self, max_sessions: int = 32, idle_s: float = 60.0, **tracker_options):
-        self.max_sessions, self.idle_s, self.options = max_sessions, idle_s, tracker_options
-        self._sessions: OrderedDict[str, tuple[Tracker, float]] = OrderedDict()
+    def __init__(self, factory: Callable[[], object], max_sessions: int = 32, idle_s: float = 60):
+        self.factory, self.max_sessions, self.idle_s = factory, max_sessions, idle_s
+        self._sessions: OrderedDict[str, tuple[object, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, session: str) -> Tracker:
+    def get(self, session: str):
         now = clock.monotonic()
         with self._lock:
             for key in [k for k, (_, used) in self._sessions.items() if now - used > self.idle_s]:
                 del self._sessions[key]
-            tracker = self._sessions.pop(session, (None, 0.0))[0] or Tracker(**self.options)
-            self._sessions[session] = (tracker, now)
+            state = self._sessions.pop(session, (None, 0.0))[0]
+            self._sessions[session] = (state if state is not None else self.factory(), now)
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
-            return tracker
+            return self._sessions[session][0]
 
     def __len__(self) -> int:
         return len(self._sessions)

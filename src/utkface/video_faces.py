@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -62,8 +63,13 @@ class FaceStream:
         self.predictor, self.every, self.upsample = predictor, every, upsample
         self.tracker = tracker or Tracker(**options)
         self.count = 0
+        self._lock = threading.Lock()  # a camera session's frames may arrive on two threads
 
     def step(self, image: np.ndarray | Image.Image, time: float) -> FrameResult:
+        with self._lock:
+            return self._step(image, time)
+
+    def _step(self, image: np.ndarray | Image.Image, time: float) -> FrameResult:
         picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
         picture = picture.convert("RGB")
         detect = self.count % self.every == 0
