@@ -1,7 +1,7 @@
 """Video speed: frames per second of `Predictor.predict_video` on a 640x480 clip, end to end
 (decoding, detection, crops, model, tracking), with 1 and with 4 faces, torch and ONNX.
 
-    python -m benchmarks.video_speed [CHECKPOINT] [--frames 100] [--every 1 3]
+    python -m benchmarks.video_speed [CHECKPOINT] [--frames 50] [--every 1 3] [--threads N]
 
 The clip is `benchmarks.clips.moving_faces` (real UTKFace crops of 112 px crossing a noisy
 background, H.264 in MP4, written once per face count). For each `--every` N > 1 it also says
@@ -36,14 +36,27 @@ def run(predictor: Predictor, clip: Path, every: int) -> tuple[float, dict]:
     return fps, faces
 
 
+def _predictor(checkpoint, backend: str, threads: int | None) -> Predictor:
+    if backend == "onnx":
+        from utkface.export import OnnxBackend
+
+        return Predictor(
+            OnnxBackend.from_checkpoint(checkpoint, threads=threads), backend_name="onnx"
+        )
+    return Predictor.from_checkpoint(checkpoint, backend=backend)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", nargs="?", help="checkpoint (default: random 128 px model)")
-    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--every", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx"])
     parser.add_argument("--faces", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="video-speed-"))
     checkpoint = args.checkpoint or random_checkpoint(folder / "random.pt")
     crops = real_crops(max(args.faces))
@@ -56,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         frames = moving_faces(crops[:count], size=(640, 480), frames=args.frames, side=112)
         write_clip(clip, frames, fps=25)
         for backend in args.backends:
-            predictor = Predictor.from_checkpoint(checkpoint, backend=backend)
+            predictor = _predictor(checkpoint, backend, args.threads)
             _, reference = run(predictor, clip, 1)  # warm-up, and the reference for every > 1
             for every in args.every:
                 fps, faces = run(predictor, clip, every)

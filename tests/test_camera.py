@@ -1,15 +1,14 @@
 """The camera mode of the web page: `POST /api/track` through FastAPI's test client (faces keep
 their tracks over a session's frames, sessions are separate and bounded, bad sessions are 400),
 and the page in headless Chromium with a fake camera fed by a generated clip (boxes and ages
-drawn over the video, a frame rate shown; a denied permission gives a clear message)."""
+drawn over the video, a frame rate shown; a denied permission gives a clear message). The
+browser helpers and the `live_server` fixture (which serves this module's `predictor`) come
+from test_serve.py."""
 
 from __future__ import annotations
 
 import io
 import os
-import socket
-import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -24,7 +23,7 @@ pytest.importorskip("av", reason="the video extra is not installed (the fake cam
 with warnings.catch_warnings():  # Starlette asks for httpx2; httpx works the same here
     warnings.simplefilter("ignore", DeprecationWarning)
     from fastapi.testclient import TestClient  # noqa: E402
-from test_serve import CHROMIUM_FLAGS, _browser_or_skip  # noqa: E402
+from test_serve import CHROMIUM_FLAGS, _browser_or_skip, live_server  # noqa: E402, F401
 from tiny_checkpoints import tiny_checkpoint  # noqa: E402
 
 from benchmarks.clips import moving_faces, real_crops, write_clip  # noqa: E402
@@ -81,27 +80,7 @@ def test_track_api_keeps_tracks_per_session(predictor, crops):
     assert bad.status_code == 400 and bad.json()["error"] == "bad_session"
 
 
-@pytest.fixture
-def live_server(predictor):
-    """The app under uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-
-
-def test_camera_page_in_headless_chromium_with_a_fake_camera(live_server, crops, tmp_path):
+def test_camera_page_in_headless_chromium_with_a_fake_camera(live_server, crops, tmp_path):  # noqa: F811
     chromium, driver_path = _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -146,17 +125,17 @@ def test_camera_page_in_headless_chromium_with_a_fake_camera(live_server, crops,
         )
         assert status.get_attribute("data-state") == "running", status.text
         # The last answer and the overlay as drawn from it, read in one go (no redraw between).
-        result, edges = browser.execute_script(
+        result, edges, said = browser.execute_script(
             """const c = document.getElementById('camera-overlay'), ctx = c.getContext('2d');
             const r = window.camera.lastResult, s = c.width / r.image.width;
             return [r, r.faces.map(f => Array.from(ctx.getImageData(
                 Math.round(f.box[0] * s), Math.round((f.box[1] + f.box[3]) / 2 * s), 1, 1
-            ).data))];"""
+            ).data)), document.getElementById('camera-status').textContent];"""
         )
         assert len(result["faces"]) == 2, result
         for face in result["faces"]:
             assert face["track"] >= 1 and 0 <= face["age"] <= 116 and face["gender"]
-        assert "#1 " in status.text or "#2 " in status.text
+            assert f"#{face['track']} " in said  # the status line names each track
         rate = browser.find_element(By.ID, "camera-rate")
         assert rate.is_displayed() and float(rate.get_attribute("data-fps")) > 0.2
         assert "frames/s" in rate.text
