@@ -244,8 +244,8 @@ def add_predict_parser(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (torch backend)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument(
-        "--every", type=int, default=1, help="videos: detect faces on every N-th frame and "
-        "follow them with the tracker in between (default 1: every frame)",
+        "--every", type=int, default=2, help="videos: detect faces on every N-th frame and "
+        "follow them with the tracker in between (default 2; 1: detect on every frame)",
     )  # fmt: skip
     parser.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
 

@@ -162,12 +162,13 @@ class Predictor:
                 pending.append(future.result())
             yield from self._finish(pending)
 
-    def predict_video(self, source, every: int = 1, max_frames: int | None = None, **options):
+    def predict_video(self, source, every: int | None = None, max_frames=None, **options):
         """Per-frame `video_faces.FrameResult`s for a video file (extra `utkface[video]`) or an
         iterable of frames, faces followed into tracks with smoothed estimates; see
         `video_faces.predict_video` for the options."""
-        from utkface.video_faces import predict_video
+        from utkface.video_faces import DEFAULT_EVERY, predict_video
 
+        every = every or DEFAULT_EVERY
         return predict_video(self, source, every=every, max_frames=max_frames, **options)
 
     def _prepare(self, index: int, src: ImageSource, mode: str) -> _Prepared:

@@ -155,7 +155,8 @@ def _add_camera_route(app: FastAPI, predictor, accepted, max_pixels, limiter) ->
     from utkface.tracking import SessionStore
     from utkface.video_faces import FaceStream
 
-    sessions = SessionStore(lambda: FaceStream(predictor))
+    # A camera sends a few frames a second: too far apart to carry boxes over; detect on each.
+    sessions = SessionStore(lambda: FaceStream(predictor, every=1))
     app.state.camera_sessions = sessions
 
     def track(stream: FaceStream, data: bytes):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from utkface.atomic import atomic_open
 from utkface.predict import Prediction, Predictor
 from utkface.video import VideoError, VideoWriter, probe, read_frames
-from utkface.video_faces import FaceStream, FrameResult
+from utkface.video_faces import DEFAULT_EVERY, FaceStream, FrameResult
 
 ROW_COLUMNS = (
     "source", "error", "time", "frame", "track", "detected", "left", "top", "right", "bottom",
@@ -74,7 +74,7 @@ def predict_videos(
     *,
     out: str | os.PathLike | None = None,
     annotate: str | os.PathLike | None = None,
-    every: int = 1,
+    every: int = DEFAULT_EVERY,
     max_frames: int | None = None,
     progress: bool = True,
     report: Callable[[str], None] | None = None,
