@@ -131,7 +131,8 @@ def _info(container, stream) -> VideoInfo:
     duration = None
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
+    elif container.duration is not None and len(container.streams) == 1:
+        # (with audio beside it, the container's duration may be the audio's)
         duration = container.duration / 1_000_000  # AV_TIME_BASE
     frames = stream.frames or None
     if frames is None and duration:
