@@ -205,4 +205,4 @@ def test_damaged_video_gives_rows_up_to_the_damage_and_an_error(clip, checkpoint
     frames_before = [row["frame"] for row in rows if row["source"] == str(cut) and "frame" in row]
     last = max(frames_before)  # results up to the damage, and the error says where it was
     assert 3 <= last < 39 and f"cut.mkv: ends after frame {last} " in errors[0]["error"]
-    assert "notes.mp4: error" in capsys.readouterr().out
+    assert "notes.mp4: error: " in capsys.readouterr().err
