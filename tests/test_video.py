@@ -81,6 +81,14 @@ def test_smoothing_is_a_mean_first_then_an_exponential_average_in_seconds():
     assert tracker.observe(other, 0.0, (300, 0, 400, 100), {"age": 20.0}).age == 15.0
 
 
+def test_tracks_are_bounded():
+    tracker = Tracker(max_tracks=2)
+    tracker.match(0.0, [(0, 0, 50, 50)])
+    tracker.match(0.1, [(100, 0, 150, 50)])  # track 1 is missing from here on
+    assert tracker.match(0.2, [(100, 0, 150, 50), (200, 0, 250, 50)]) == [2, 3]
+    assert sorted(tracker.tracks) == [2, 3]  # the missing track made room
+
+
 def test_session_store_is_bounded_in_number_and_idle_time(monkeypatch):
     store = SessionStore(list, max_sessions=2, idle_s=10)
     first = store.get("a")

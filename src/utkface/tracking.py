@@ -108,7 +108,8 @@ class Tracker:
                 self._move(live[t], time, boxes[b])
         for t, track in enumerate(live):
             if t not in taken:
-                track.missed_since = track.missed_since if track.missed_since else time
+                if track.missed_since is None:
+                    track.missed_since = time
                 if time - track.missed_since > self.max_missed_s:
                     del self.tracks[track.id]
         for b, box in enumerate(boxes):
@@ -143,8 +144,9 @@ class Tracker:
         track.box, track.time, track.missed_since = box, time, None
 
     def _start(self, time: float, box: Box) -> int:
-        if len(self.tracks) >= self.max_tracks:  # drop the longest-missing (or oldest) track
-            del self.tracks[min(self.tracks.values(), key=lambda t: t.missed_since or t.time).id]
+        if len(self.tracks) >= self.max_tracks:  # drop a missing track (else the stalest)
+            oldest = min(self.tracks.values(), key=lambda t: (t.missed_since is None, t.time))
+            del self.tracks[oldest.id]
         track = Track(self.next_id, box, time)
         self.tracks[track.id] = track
         self.next_id += 1

@@ -80,8 +80,8 @@ def predict_videos(
     report: Callable[[str], None] | None = None,
 ) -> VideoSummary:
     """Run `video_faces.FaceStream` over each video; write rows to `out` and track summaries
-    beside it, annotated videos under `annotate`; `report` gets one line per track (default:
-printed); errors go to stderr and into `out`, and the next video goes on."""
+        beside it, annotated videos under `annotate`; `report` gets one line per track (default:
+    printed); errors go to stderr and into `out`, and the next video goes on."""
     suffix = Path(out).suffix.lower() if out else None
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise ValueError(f"--every and --max-frames must be at least 1, got {every}, {max_frames}")
