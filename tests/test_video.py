@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 
 import numpy as np
@@ -214,3 +215,11 @@ def test_damaged_video_gives_rows_up_to_the_damage_and_an_error(clip, checkpoint
     last = max(frames_before)  # results up to the damage, and the error says where it was
     assert 3 <= last < 39 and f"cut.mkv: ends after frame {last} " in errors[0]["error"]
     assert "notes.mp4: error: " in capsys.readouterr().err
+
+
+def test_missing_pyav_names_the_extra(monkeypatch, clip):
+    from utkface.video import VideoUnavailable
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import now raises ImportError
+    with pytest.raises(VideoUnavailable, match=r"utkface\[video\]"):
+        next(read_frames(clip))
