@@ -223,3 +223,8 @@ def test_missing_pyav_names_the_extra(monkeypatch, clip):
     monkeypatch.setitem(sys.modules, "av", None)  # import now raises ImportError
     with pytest.raises(VideoUnavailable, match=r"utkface\[video\]"):
         next(read_frames(clip))
+
+
+def test_cli_refuses_videos_mixed_with_images(checkpoint, capsys):
+    assert main(["predict", "clip.mp4", "photo.jpg", "--checkpoint", checkpoint]) == 2
+    assert "either videos or images" in capsys.readouterr().err
