@@ -168,7 +168,7 @@ class Predictor:
         `video_faces.predict_video` for the options."""
         from utkface.video_faces import DEFAULT_EVERY, predict_video
 
-        every = every or DEFAULT_EVERY
+        every = DEFAULT_EVERY if every is None else every
         return predict_video(self, source, every=every, max_frames=max_frames, **options)
 
     def _prepare(self, index: int, src: ImageSource, mode: str) -> _Prepared:
