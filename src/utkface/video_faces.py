@@ -34,7 +34,7 @@ from utkface.tracking import Estimate, Tracker
 
 DEFAULT_FPS = 25.0  # time base for frames given as arrays without times
 # Detect on every 2nd frame, track in between: on 640x480 clips of real crops moving ~10 px per
-# frame, boxes keep IoU 0.95-0.97 with per-frame detection and smoothed ages stay within 0.13
+# frame, boxes keep IoU 0.95-0.97 with per-frame detection and smoothed ages stay within 0.16
 # years of it, for 1.3-2x the frames/s (BENCHMARKS.md, "Video"); every 3rd: IoU 0.92-0.96.
 DEFAULT_EVERY = 2
 
