@@ -45,7 +45,8 @@ def test_export_writes_checked_model_with_metadata(exported64):
     dims = [d.dim_param or d.dim_value for d in image_input.type.tensor_type.shape.dim]
     assert dims == ["batch", 64, 64, 3]
     assert image_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert [o.name for o in proto.graph.output] == ["age", "age_low", "age_high", "gender_prob"]
+    names = ["age", "age_low", "age_high", "gender_prob", "age_probs"]
+    assert [o.name for o in proto.graph.output] == names
     assert proto.opset_import[0].version == export.DEFAULT_OPSET
     meta = export.read_metadata(path)
     assert meta["preprocess"]["size"] == 64 and meta["preprocess"]["inside_graph"] is True

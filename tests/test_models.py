@@ -123,7 +123,9 @@ def test_decode_expectation_and_interval(distribution, mean, low, high):
     assert decoded["age"].item() == pytest.approx(mean, abs=1e-4)
     assert decoded["age_low"].item() == low
     assert decoded["age_high"].item() == high
-    assert set(decoded) == {"age", "age_low", "age_high"}
+    assert set(decoded) == {"age", "age_low", "age_high", "age_probs"}
+    for age, p in distribution.items():  # the distribution itself, for averaging over frames
+        assert decoded["age_probs"][0, age].item() == pytest.approx(p, abs=1e-5)
 
 
 def test_decode_uniform_distribution():

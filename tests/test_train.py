@@ -136,7 +136,8 @@ def test_best_checkpoint_reloads_to_identical_predictions(finished_run, real_dat
     test = _split(real_dataset, "test", config)
     images, labels = real_dataset.images[test], real_dataset.labels(test)
     predictions = predict_arrays(model, meta["preprocess"], images, config.eval_batch_size)
-    assert set(predictions) == {"age", "age_low", "age_high", "gender_prob", "race_prob"}
+    keys = {"age", "age_low", "age_high", "age_probs", "gender_prob", "race_prob"}
+    assert set(predictions) == keys
 
     # The test metrics were computed by the in-memory model at the end of training.
     age = metrics.age_metrics(labels["age"], predictions["age"])

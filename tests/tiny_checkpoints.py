@@ -20,10 +20,16 @@ from utkface.preprocess import Preprocess
 
 
 def tiny_checkpoint(
-    path: Path, images: np.ndarray, size: int = 64, tasks=("age", "gender"), seed: int = 0
+    path: Path,
+    images: np.ndarray,
+    size: int = 64,
+    tasks=("age", "gender"),
+    seed: int = 0,
+    head_scale: float = 10.0,
 ) -> Path:
     """Write a random-init `mobilenet_v2` checkpoint with batch-norm statistics from `images`
-    (uint8 `(N, size, size, 3)`) and heads scaled so logits spread over several units."""
+    (uint8 `(N, size, size, 3)`) and heads scaled by `head_scale` so logits spread over several
+    units (3 gives frame-to-frame age jitter of a few years on video, like a weak model)."""
     torch.manual_seed(seed)
     model = build_model("mobilenet_v2", tasks, pretrained=False)
     preprocess = Preprocess(size=size)
@@ -34,6 +40,6 @@ def tiny_checkpoint(
     with torch.no_grad():
         model(preprocess(images))
         for head in model.heads.values():
-            head.weight.mul_(10.0)
+            head.weight.mul_(head_scale)
     save_checkpoint(path, model.eval(), model_spec("mobilenet_v2", tasks), preprocess)
     return path

@@ -237,7 +237,7 @@ def add_train_parser(subparsers) -> None:
 def add_predict_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="age and gender of every face in photos, folders or globs",
+        help="age and gender of every face in photos, folders, globs or videos",
         description="Exit status: 0 all inputs read, 1 some input failed (its error is in the "
         "output), 2 the run could not start (checkpoint, option or missing extra).",
     )
@@ -246,7 +246,8 @@ def add_predict_parser(subparsers) -> None:
         nargs="+",
         metavar="INPUT",
         help="image files, folders "
-        "(searched recursively) or glob patterns such as 'photos/**/*.jpg'",
+        "(searched recursively) or glob patterns such as 'photos/**/*.jpg'; or video files "
+        "(.mp4, .mkv, .webm, .mov, .avi, ...: faces tracked over frames, extra utkface[video])",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) or export (.onnx)")
     parser.add_argument(
@@ -269,10 +270,20 @@ def add_predict_parser(subparsers) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (torch backend)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument(
+        "--every", type=int, default=2, help="videos: detect faces on every N-th frame and "
+        "follow them with the tracker in between (default 2; 1: detect on every frame)",
+    )  # fmt: skip
+    parser.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
 
     def run(args) -> int:
         from utkface.predict import Predictor
         from utkface.predict_files import describe, predict_files
+        from utkface.video import is_video
+
+        videos = [path for path in args.inputs if is_video(path)]
+        if videos and len(videos) < len(args.inputs):
+            raise ValueError("give either videos or images, not both; run them separately")
 
         def report(prediction) -> None:
             if prediction.error or not args.out:
@@ -286,6 +297,15 @@ def add_predict_parser(subparsers) -> None:
             batch_size=args.batch_size,
             workers=args.workers,
         )
+        if videos:
+            from utkface.video_files import predict_videos
+
+            summary = predict_videos(
+                videos, predictor, out=args.out, annotate=args.annotate, every=args.every,
+                max_frames=args.max_frames,
+            )  # fmt: skip
+            print(f"{summary}" + (f"; rows in {args.out}" if args.out else ""), file=sys.stderr)
+            return 1 if summary.failed else 0
         summary = predict_files(
             args.inputs, predictor, out=args.out, annotate=args.annotate, report=report
         )

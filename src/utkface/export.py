@@ -9,7 +9,8 @@ The exported graph is the whole prediction after decoding, so a consumer needs n
   checkpoint's mean/std runs inside the graph (it is the checkpoint's own `Preprocess`, traced),
   so a consumer cannot get it wrong and it cannot drift from training.
 - outputs (float32, first axis `batch`): `age` (expected age in years), `age_low`/`age_high`
-  (10th/90th percentile), `gender_prob` (P(female)), `race_prob` `(batch, 5)`; only those the
+  (10th/90th percentile), `gender_prob` (P(female)), `race_prob` `(batch, 5)`, `age_probs`
+  `(batch, 117)` (the age distribution; video tracking averages it); only those the
   model has, exactly as `models.decode_outputs` names them.
 - `metadata_props`: `utkface.preprocess` (size, mean, std), `utkface.labels`, `utkface.model`
   (the checkpoint's model spec), `utkface.input`, `utkface.outputs`, `utkface.version`, ...
@@ -43,11 +44,18 @@ from utkface.preprocess import Preprocess
 # every ONNX Runtime since 1.14, well below the `onnxruntime>=1.18` the extra asks for.
 DEFAULT_OPSET = 18
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("age", "age_low", "age_high", "gender_prob", "race_prob")
+OUTPUT_NAMES = ("age", "age_low", "age_high", "gender_prob", "race_prob", "age_probs")
 # Max abs difference ONNX Runtime vs PyTorch allowed per output. Ages are in years; the interval
 # ends are whole-year percentiles, which may move by one year when a cumulative probability lies
 # within float rounding of 0.1 or 0.9, so they get one year.
-TOLERANCE = {"age": 0.05, "age_low": 1.0, "age_high": 1.0, "gender_prob": 1e-3, "race_prob": 1e-3}
+TOLERANCE = {
+    "age": 0.05,
+    "age_low": 1.0,
+    "age_high": 1.0,
+    "gender_prob": 1e-3,
+    "race_prob": 1e-3,
+    "age_probs": 1e-3,
+}
 PARITY_IMAGES = 32  # real crops the parity check runs by default
 META_PREFIX = "utkface."
 INSTALL_HINT = "ONNX support is an optional extra: pip install 'utkface[onnx]'"
@@ -142,6 +150,7 @@ def _metadata(meta: dict, outputs: Sequence[str]) -> dict[str, str]:
         "age_high": "90th percentile of the age distribution, years, (batch,)",
         "gender_prob": "probability of female (gender 1), (batch,)",
         "race_prob": "probabilities of White, Black, Asian, Indian, Others, (batch, 5)",
+        "age_probs": "probability of each age 0..116 in years, (batch, 117)",
     }
     return {
         "format_version": "1",

@@ -149,13 +149,15 @@ def model_tasks(name: str, tasks: Sequence[str]) -> tuple[str, ...]:
 
 @torch.no_grad()
 def decode_outputs(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Raw outputs -> predictions: `age`, `age_low`, `age_high`, `gender_prob`, `race_prob`."""
+    """Raw outputs -> predictions: `age`, `age_low`, `age_high`, `age_probs` (the (B, 117)
+    distribution itself, which video tracking averages), `gender_prob`, `race_prob`."""
     out: dict[str, torch.Tensor] = {}
     if "age" in raw:
         probs = raw["age"].float().softmax(dim=1)  # (B, 117)
         ages = torch.arange(probs.shape[1], device=probs.device, dtype=probs.dtype)
         out["age"] = probs @ ages
         out["age_low"], out["age_high"] = (age_quantile(probs, q) for q in INTERVAL)
+        out["age_probs"] = probs
     if "age_value" in raw:
         out["age"] = raw["age_value"].float()
     if "gender" in raw:

@@ -6,7 +6,9 @@
     for face in result.faces:
         face.box, face.age, face.age_low, face.age_high, face.gender, face.gender_prob
 
-Running over files and folders (`utkface predict`) is `predict_files.py`.
+Running over files and folders (`utkface predict`) is `predict_files.py`; videos and camera
+frames, faces followed into tracks with smoothed estimates (`predictor.predict_video(...)`), are
+`video_faces.py`.
 
 Inputs are paths, bytes, PIL images or numpy arrays, all decoded by `images.open_rgb` (EXIF
 orientation, any mode and bit depth, decompression-bomb limit). `faces` says where the faces are:
@@ -159,6 +161,15 @@ class Predictor:
             for future in queued:
                 pending.append(future.result())
             yield from self._finish(pending)
+
+    def predict_video(self, source, every: int | None = None, max_frames=None, **options):
+        """Per-frame `video_faces.FrameResult`s for a video file (extra `utkface[video]`) or an
+        iterable of frames, faces followed into tracks with smoothed estimates; see
+        `video_faces.predict_video` for the options."""
+        from utkface.video_faces import DEFAULT_EVERY, predict_video
+
+        every = DEFAULT_EVERY if every is None else every
+        return predict_video(self, source, every=every, max_frames=max_frames, **options)
 
     def _prepare(self, index: int, src: ImageSource, mode: str) -> _Prepared:
         """Decode one input and cut its face crops (runs in a worker thread)."""

@@ -13,6 +13,9 @@
   EXIF-rotated photo, `age_interval` the 10th..90th percentile in years, `gender_probability`
   the confidence in `gender` and `female_probability` P(female). `mode` is "aligned" when the
   photo was taken as one UTKFace-like face crop, "detect" when faces were searched for.
+- `POST /api/track?session=ID`: the camera mode of the page; one frame, faces tracked over the
+  session's frames on the server, answered with each track's smoothed estimate (see
+  `_add_camera_route`).
 - `GET /api/info`: the model, backend and limits.
 
 Bad uploads get a 4xx JSON answer `{"error": code, "detail": message}`: 400 not an image or
@@ -31,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -137,7 +141,51 @@ def create_app(
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
         }
 
+    _add_camera_route(app, predictor, accepted, max_pixels, gate)
     return app
+
+
+SESSION_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+def _add_camera_route(app: FastAPI, predictor, accepted, max_pixels, gate: Admission) -> None:
+    """`POST /api/track?session=ID`: one camera frame (an image body, as for /api/predict);
+    faces are tracked across the session's frames on the server (`video_faces.FaceStream`, one
+    per session in a bounded `tracking.SessionStore`). Answers `{"image", "faces": [{track,
+    box, age, age_interval, gender, ...: the track's smoothed estimate; frame: the same keys for
+    this frame's own estimate}], "elapsed_ms"}`."""
+    from utkface.tracking import SessionStore
+    from utkface.video_faces import FaceStream
+
+    # A camera sends a few frames a second: too far apart to carry boxes over; detect on each.
+    sessions = SessionStore(lambda: FaceStream(predictor, every=1))
+    app.state.camera_sessions = sessions
+
+    def track(stream: FaceStream, data: bytes):
+        try:
+            image = image_io.open_rgb(data)
+        except image_io.ImageError as error:
+            raise ApiError(400, "corrupt_image", f"the image cannot be decoded: {error}") from error
+        return stream.step(image, time.monotonic())
+
+    @app.post("/api/track")
+    async def api_track(request: Request, session: str = "") -> dict:
+        if not SESSION_PATTERN.fullmatch(session):
+            raise ApiError(400, "bad_session", "session must be 8-64 letters, digits, - or _")
+        async with gate.admit():  # the same bound and timeouts as /api/predict
+            data, declared = await gate.upload(_read_upload(request, accepted))
+            found = _check_image(data, declared, accepted, max_pixels)
+            started = time.perf_counter()
+            result = await gate.run(track, sessions.get(session), data)
+        faces = [
+            {**_face_json(face.smoothed), "track": face.track, "frame": _face_json(face.face)}
+            for face in result.faces
+        ]  # the track's smoothed estimate, and under "frame" this frame's own
+        return {
+            "image": {"width": result.width, "height": result.height, "format": found},
+            "faces": faces,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
 
 
 async def _read_upload(request: Request, accepted: dict[str, str]) -> tuple[bytes, str]:
