@@ -210,7 +210,7 @@ def add_train_parser(subparsers) -> None:
 def add_predict_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="age and gender of every face in photos, folders or globs",
+        help="age and gender of every face in photos, folders, globs or manifests",
         description="Exit status: 0 all inputs read, 1 some input failed (its error is in the "
         "output), 2 the run could not start (checkpoint, option or missing extra).",
     )
@@ -218,8 +218,9 @@ def add_predict_parser(subparsers) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="image files, folders "
-        "(searched recursively) or glob patterns such as 'photos/**/*.jpg'",
+        help="image files, folders (searched recursively), glob patterns such as "
+        "'photos/**/*.jpg', or manifests: .txt (a path per line), .csv (a path or file "
+        "column), .parquet",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) or export (.onnx)")
     parser.add_argument(
@@ -231,19 +232,57 @@ def add_predict_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--out",
-        help="FILE.jsonl (one object per input) or FILE.csv (a row per face); written atomically",
+        help="DIR: part files written as results come (each whole when it appears); "
+        "FILE.jsonl (one object per input) or FILE.csv (a row per face): the same parts, "
+        "joined into FILE at the end",
+    )
+    parser.add_argument(
+        "--format",
+        dest="out_format",
+        choices=("jsonl", "csv", "parquet"),
+        help="part file format for --out DIR (default jsonl; parquet needs utkface[parquet])",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="skip the inputs --out already holds (after a crash)"
+    )
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="K/N",
+        help="predict only share K of N (0 <= K < N) of the inputs, chosen by a hash of each "
+        "path: stable when inputs are added",
+    )
+    parser.add_argument(
+        "--part-size", type=int, default=1000, help="inputs per part file (or 60 s, if sooner)"
     )
     parser.add_argument(
         "--annotate", metavar="DIR", help="write copies with faces boxed and labelled"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="face crops per forward pass")
     parser.add_argument(
-        "--workers", type=int, default=None, help="decoding threads (default: up to 4)"
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding and detection processes (default: one per core); "
+        "with --engine ray, model actors (default: 1)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (torch backend)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): this machine; ray: Ray Data on a cluster, writes Parquet parts "
+        "into --out DIR (needs utkface[ray])",
+    )
+    parser.add_argument("--address", help="Ray cluster address (default: start a local one)")
 
     def run(args) -> int:
+        from utkface.predict_inputs import parse_shard
+
+        shard = parse_shard(args.shard)
+        if args.engine == "ray":
+            return _predict_ray(args, shard)
         from utkface.predict import Predictor
         from utkface.predict_files import describe, predict_files
 
@@ -258,14 +297,52 @@ def add_predict_parser(subparsers) -> None:
             faces=args.faces,
             batch_size=args.batch_size,
             workers=args.workers,
+            processes=True,
         )
-        summary = predict_files(
-            args.inputs, predictor, out=args.out, annotate=args.annotate, report=report
-        )
+        try:
+            summary = predict_files(
+                args.inputs,
+                predictor,
+                out=args.out,
+                out_format=args.out_format,
+                resume=args.resume,
+                shard=shard,
+                part_size=args.part_size,
+                annotate=args.annotate,
+                report=report,
+                progress=bool(args.out),
+            )
+        except KeyboardInterrupt:
+            if args.out:
+                print(
+                    f"finished results are kept in {args.out}; --resume continues", file=sys.stderr
+                )
+            raise
         print(f"{summary}" + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
         return 1 if summary.failed else 0
 
     parser.set_defaults(func=run)
+
+
+def _predict_ray(args, shard) -> int:
+    from utkface.ray_predict import predict_ray
+
+    if not args.out:
+        raise ValueError("--engine ray needs --out DIR (it writes Parquet part files there)")
+    summary = predict_ray(
+        args.inputs,
+        args.checkpoint,
+        args.out,
+        faces=args.faces,
+        shard=shard,
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        actors=args.workers or 1,
+        address=args.address,
+    )
+    print(f"{summary}; results in {args.out}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 PARSERS = [

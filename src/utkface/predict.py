@@ -28,10 +28,11 @@ with the keys of `models.decode_outputs`, and with `.preprocess` (its `Preproces
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -96,7 +97,7 @@ BACKENDS: dict[str, Callable] = {"torch": TorchBackend.from_checkpoint, "onnx": 
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     prediction: Prediction
     crops: np.ndarray  # (K, S, S, 3) uint8, one per face in `prediction.faces`
 
@@ -111,6 +112,7 @@ class Predictor:
         batch_size: int = 32,
         workers: int | None = None,
         backend_name: str = "custom",
+        processes: bool = False,
     ):
         _check_mode(faces)
         if batch_size < 1:
@@ -118,7 +120,12 @@ class Predictor:
         self.backend, self.backend_name = backend, backend_name
         self.meta, self.size = backend.meta, backend.preprocess.size
         self.faces, self.batch_size = faces, batch_size
-        self.workers = workers or min(4, os.cpu_count() or 1)
+        # Threads suit a server (the GIL is released while decoding); `processes` puts
+        # decoding and detection on every core for big file runs (`utkface predict`).
+        self.processes = processes
+        self.workers = workers or (
+            os.cpu_count() or 1 if processes else min(4, os.cpu_count() or 1)
+        )
 
     @classmethod
     def from_checkpoint(
@@ -146,11 +153,12 @@ class Predictor:
         if mode != "aligned":
             face_finder.require_detector()  # fail before the run, naming the extra
         window = max(2 * self.workers, 4)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="utkface-decode") as pool:
-            pending: list[_Prepared] = []
+        with self._pool() as pool:
+            pending: list[Prepared] = []
             queued: deque = deque()
             for index, image in enumerate(images):
-                queued.append(pool.submit(self._prepare, index, image, mode))
+                source = str(image) if isinstance(image, (str, os.PathLike)) else f"<input {index}>"
+                queued.append(pool.submit(prepare_input, image, mode, self.size, source))
                 while len(queued) >= window or (queued and queued[0].done()):
                     pending.append(queued.popleft().result())
                     if sum(len(item.crops) for item in pending) >= self.batch_size:
@@ -160,39 +168,15 @@ class Predictor:
                 pending.append(future.result())
             yield from self._finish(pending)
 
-    def _prepare(self, index: int, src: ImageSource, mode: str) -> _Prepared:
-        """Decode one input and cut its face crops (runs in a worker thread)."""
-        source = str(src) if isinstance(src, (str, os.PathLike)) else f"<input {index}>"
-        empty = np.zeros((0, self.size, self.size, 3), np.uint8)
-        try:
-            image = open_rgb(src)
-            prediction = Prediction(source, width=image.width, height=image.height)
-            aligned, found = (mode == "aligned", [])
-            if mode == "auto":
-                aligned, found = face_finder.looks_aligned(image)
-            elif mode == "detect":
-                found = face_finder.detect_faces(image)
-        except ImageError as error:
-            return _Prepared(Prediction(source, error=str(error)), empty)
-        except Exception as error:  # a decoder bug on one odd file must not stop the run
-            return _Prepared(Prediction(source, error=f"{type(error).__name__}: {error}"), empty)
-        if aligned:
-            prediction.mode = "aligned"
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            prediction.faces = [FaceResult(box=(left, top, left + side, top + side))]
-            # A file is decoded again by `load_rgb`, exactly as the dataset cache decodes it
-            # (a JPEG at least twice the size is DCT-downscaled), so a crop gets the model the
-            # very pixels of training; decoding a crop costs well under a millisecond.
-            from_file = isinstance(src, (str, os.PathLike, bytes))
-            pixels = load_rgb(src, self.size) if from_file else square_resize(image, self.size)
-            return _Prepared(prediction, pixels[None])
-        prediction.mode = "detect"
-        prediction.faces = [FaceResult(box=face.box, score=face.score) for face in found]
-        crops = [face_finder.crop_face(image, face.crop, self.size) for face in found]
-        return _Prepared(prediction, np.stack(crops) if crops else empty)
+    def _pool(self) -> Executor:
+        if not self.processes:
+            return ThreadPoolExecutor(self.workers, thread_name_prefix="utkface-decode")
+        # fork where there is one (as `data.prepare`): workers start at once, without
+        # importing torch again; they only decode and detect.
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=context)
 
-    def _finish(self, pending: list[_Prepared]) -> Iterator[Prediction]:
+    def _finish(self, pending: list[Prepared]) -> Iterator[Prediction]:
         """Run the model over every crop of `pending`, fill in the faces, yield in order."""
         crops = np.concatenate([item.crops for item in pending]) if pending else None
         if crops is not None and len(crops):
@@ -204,13 +188,46 @@ class Predictor:
             row = 0
             for item in pending:
                 for face in item.prediction.faces:
-                    _fill(face, {key: value[row] for key, value in outputs.items()})
+                    fill_face(face, {key: value[row] for key, value in outputs.items()})
                     row += 1
         for item in pending:
             yield item.prediction
 
 
-def _fill(face: FaceResult, values: dict[str, np.ndarray]) -> None:
+def prepare_input(src: ImageSource, mode: str, size: int, source: str) -> Prepared:
+    """Decode one input and cut its `size` px face crops (runs in a worker thread or process;
+    the Ray path runs it in tasks). `source` names the input in its `Prediction`."""
+    empty = np.zeros((0, size, size, 3), np.uint8)
+    try:
+        image = open_rgb(src)
+        prediction = Prediction(source, width=image.width, height=image.height)
+        aligned, found = (mode == "aligned", [])
+        if mode == "auto":
+            aligned, found = face_finder.looks_aligned(image)
+        elif mode == "detect":
+            found = face_finder.detect_faces(image)
+    except ImageError as error:
+        return Prepared(Prediction(source, error=str(error)), empty)
+    except Exception as error:  # a decoder bug on one odd file must not stop the run
+        return Prepared(Prediction(source, error=f"{type(error).__name__}: {error}"), empty)
+    if aligned:
+        prediction.mode = "aligned"
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        prediction.faces = [FaceResult(box=(left, top, left + side, top + side))]
+        # A file is decoded again by `load_rgb`, exactly as the dataset cache decodes it
+        # (a JPEG at least twice the size is DCT-downscaled), so a crop gets the model the
+        # very pixels of training; decoding a crop costs well under a millisecond.
+        from_file = isinstance(src, (str, os.PathLike, bytes))
+        pixels = load_rgb(src, size) if from_file else square_resize(image, size)
+        return Prepared(prediction, pixels[None])
+    prediction.mode = "detect"
+    prediction.faces = [FaceResult(box=face.box, score=face.score) for face in found]
+    crops = [face_finder.crop_face(image, face.crop, size) for face in found]
+    return Prepared(prediction, np.stack(crops) if crops else empty)
+
+
+def fill_face(face: FaceResult, values: dict[str, np.ndarray]) -> None:
     """Copy one row of backend outputs (keys of `models.decode_outputs`) into `face`."""
     if "age" in values:
         face.age = float(values["age"])
