@@ -127,13 +127,13 @@ def _manifest(path: Path) -> Iterator[Path]:
     if suffix == ".txt":
         with path.open(encoding="utf-8") as lines:
             names = (line.strip() for line in lines)
-            yield from (path.parent / n for n in names if n and not n.startswith("#"))
+            yield from (_near(path, n) for n in names if n and not n.startswith("#"))
         return
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as file:
             reader = csv.DictReader(file)
             column = _path_column(path, reader.fieldnames or [])
-            yield from (path.parent / row[column] for row in reader if row[column])
+            yield from (_near(path, row[column]) for row in reader if row[column])
         return
     try:
         import pyarrow.parquet as pq
@@ -142,7 +142,13 @@ def _manifest(path: Path) -> Iterator[Path]:
     table = pq.ParquetFile(path)
     column = _path_column(path, table.schema_arrow.names)
     for batch in table.iter_batches(columns=[column], batch_size=65_536):
-        yield from (path.parent / name for name in batch.column(0).to_pylist() if name)
+        yield from (_near(path, name) for name in batch.column(0).to_pylist() if name)
+
+
+def _near(manifest: Path, name: str) -> Path:
+    """`name` from `manifest`'s folder, normalised (`a/../b` -> `b`) so that one file listed
+    two ways is still one input."""
+    return Path(os.path.normpath(manifest.parent / name))
 
 
 def _path_column(path: Path, columns: Sequence[str]) -> str:
