@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from test_predict import smooth_images
 from tiny_checkpoints import tiny_checkpoint
 
+from utkface.checkpoint import load_checkpoint
 from utkface.cli import main
 from utkface.predict import Predictor, TorchBackend
 from utkface.predict_files import predict_files
@@ -106,7 +106,7 @@ def test_sigkill_halfway_then_resume_equals_an_uninterrupted_run(
 
 
 def test_ctrl_c_keeps_finished_results_and_formats_agree(crops, checkpoint, reference, tmp_path):
-    model, meta = __import__("utkface.checkpoint").checkpoint.load_checkpoint(checkpoint)
+    model, meta = load_checkpoint(checkpoint)
 
     class Interrupted(TorchBackend):
         calls = 0
