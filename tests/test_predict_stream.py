@@ -195,3 +195,12 @@ def test_manifests_shards_and_lazy_listing(crops, tmp_path):
         assert {Path(item.path).parent.name for item in walk} == {"d0", "d1"}
     finally:
         moved.rename(crops / "d2")
+
+
+def test_missing_ray_is_named_before_the_run(checkpoint, crops, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    args = ["predict", str(crops), "--checkpoint", str(checkpoint), "--engine", "ray",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    assert "pip install 'utkface[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
