@@ -84,6 +84,11 @@ def test_plan_and_markdown(tmp_path):
             r"4 crop files, batch 2, --faces auto +\d+\.\d+ images/s",
         ),
         (
+            "predict_stream",
+            ["--images", "40", "--part-size", "10", "--photos", "0", "--no-ray"],
+            r"killed \+ resumed: 40 results for 40 inputs, each exactly once: True",
+        ),
+        (
             "serve_load",
             ["--requests", "6", "--clients", "2", "--seconds", "30"],
             r"\d+ requests in .* errors 0 \{200: \d+\}",

@@ -315,7 +315,8 @@ def add_predict_parser(subparsers) -> None:
         except KeyboardInterrupt:
             if args.out:
                 print(
-                    f"finished results are kept in {args.out}; --resume continues", file=sys.stderr
+                    "the finished results are kept: the same command with --resume goes on",
+                    file=sys.stderr,
                 )
             raise
         print(f"{summary}" + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)

@@ -14,7 +14,8 @@ orientation, any mode and bit depth, decompression-bomb limit). `faces` says whe
 training data); `detect` - find every face (`faces.detect_faces`) and cut a UTKFace-style crop
 around each; `auto` - decide per image (`faces.looks_aligned`). An input that cannot be read
 gives a `Prediction` with `error` set and the others go on. Inputs are decoded and faces found in
-a thread pool; crops from many inputs are batched through the model.
+a thread pool (processes with `processes=True`, as `utkface predict` does); crops from many
+inputs are batched through the model.
 
 `gender_prob` is P(female), as everywhere in this project; the confidence in the predicted
 `gender` is `max(gender_prob, 1 - gender_prob)`. `age_low`/`age_high` are the 10th/90th
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -123,9 +125,8 @@ class Predictor:
         # Threads suit a server (the GIL is released while decoding); `processes` puts
         # decoding and detection on every core for big file runs (`utkface predict`).
         self.processes = processes
-        self.workers = workers or (
-            os.cpu_count() or 1 if processes else min(4, os.cpu_count() or 1)
-        )
+        cores = os.cpu_count() or 1
+        self.workers = workers or (cores if processes else min(4, cores))
 
     @classmethod
     def from_checkpoint(
@@ -174,7 +175,7 @@ class Predictor:
         # fork where there is one (as `data.prepare`): workers start at once, without
         # importing torch again; they only decode and detect.
         context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        return ProcessPoolExecutor(self.workers, mp_context=context)
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ignore_sigint)
 
     def _finish(self, pending: list[Prepared]) -> Iterator[Prediction]:
         """Run the model over every crop of `pending`, fill in the faces, yield in order."""
@@ -239,6 +240,12 @@ def fill_face(face: FaceResult, values: dict[str, np.ndarray]) -> None:
     if "race_prob" in values:
         probs = values["race_prob"]  # (5,)
         face.race, face.race_prob = RACES[int(probs.argmax())], float(probs.max())
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C reaches the whole process group: workers leave it to the main process, which
+    writes out what is finished and stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _check_mode(faces: str) -> None:
