@@ -142,11 +142,14 @@ def test_ctrl_c_keeps_finished_results_and_formats_agree(crops, checkpoint, refe
 
     pq = pytest.importorskip("pyarrow.parquet")
     folder = tmp_path / "parquet"
-    predict_files([str(crops)], predictor, out=folder, out_format="parquet", part_size=128)
+    predict_files([str(crops / "d1")], predictor, out=folder, out_format="parquet", part_size=64)
     table = pq.read_table(folder)  # the folder reads as one table
-    assert table.column_names == list(CSV_COLUMNS) and table.num_rows == len(reference)
+    assert len(list_parts(folder)) == 2 and table.column_names == list(CSV_COLUMNS)
     ages = dict(zip(table.column("source").to_pylist(), table.column("age").to_pylist()))
+    assert len(ages) == table.num_rows == COUNT // 3 + 1
     for source, want in reference.items():
+        if "/d1/" not in source:
+            continue
         want_age = want["faces"][0]["age"] if want["faces"] else None
         assert ages[source] == (want_age and pytest.approx(want_age, rel=1e-5))
 
