@@ -207,3 +207,5 @@ def test_missing_ray_is_named_before_the_run(checkpoint, crops, monkeypatch, tmp
     assert main(args) == 2
     assert "pip install 'utkface[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    assert main([*args, "--resume"]) == 2
+    assert "--engine ray does not take --resume" in capsys.readouterr().err

@@ -330,6 +330,10 @@ def _predict_ray(args, shard) -> int:
 
     if not args.out:
         raise ValueError("--engine ray needs --out DIR (it writes Parquet part files there)")
+    unsupported = [flag for flag, value in (("--resume", args.resume), ("--annotate",
+                   args.annotate), ("--format", args.out_format)) if value]  # fmt: skip
+    if unsupported:
+        raise ValueError(f"--engine ray does not take {', '.join(unsupported)}")
     summary = predict_ray(
         args.inputs,
         args.checkpoint,
