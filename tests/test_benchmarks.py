@@ -79,6 +79,11 @@ def test_plan_and_markdown(tmp_path):
     [
         ("onnx_vs_torch", ["--seconds", "0.05", "--batch", "4"], r"onnxruntime +\d+\.\d+"),
         (
+            "predict_stream",
+            ["--images", "40", "--part-size", "10", "--photos", "0", "--no-ray"],
+            r"killed \+ resumed: 40 results for 40 inputs, each exactly once: True",
+        ),
+        (
             "predict_latency",
             ["--images", "4", "--batch-size", "2", "--repeats", "2"],
             r"4 crop files, batch 2, --faces auto +\d+\.\d+ images/s",

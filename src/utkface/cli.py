@@ -237,7 +237,7 @@ def add_train_parser(subparsers) -> None:
 def add_predict_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="age and gender of every face in photos, folders, globs or videos",
+        help="age and gender of every face in photos, folders, globs, manifests or videos",
         description="Exit status: 0 all inputs read, 1 some input failed (its error is in the "
         "output), 2 the run could not start (checkpoint, option or missing extra).",
     )
@@ -245,9 +245,10 @@ def add_predict_parser(subparsers) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="image files, folders "
-        "(searched recursively) or glob patterns such as 'photos/**/*.jpg'; or video files "
-        "(.mp4, .mkv, .webm, .mov, .avi, ...: faces tracked over frames, extra utkface[video])",
+        help="image files, folders (searched recursively), glob patterns such as "
+        "'photos/**/*.jpg', manifests: .txt (a path per line), .csv (a path or file "
+        "column), .parquet; or video files (.mp4, .mkv, .webm, .mov, .avi, ...: faces "
+        "tracked over frames, extra utkface[video])",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) or export (.onnx)")
     parser.add_argument(
@@ -259,14 +260,39 @@ def add_predict_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--out",
-        help="FILE.jsonl (one object per input) or FILE.csv (a row per face); written atomically",
+        help="DIR: part files written as results come (each whole when it appears); "
+        "FILE.jsonl (one object per input) or FILE.csv (a row per face): the same parts, "
+        "joined into FILE at the end",
+    )
+    parser.add_argument(
+        "--format",
+        dest="out_format",
+        choices=("jsonl", "csv", "parquet"),
+        help="part file format for --out DIR (default jsonl; parquet needs utkface[parquet])",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="skip the inputs --out already holds (after a crash)"
+    )
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="K/N",
+        help="predict only share K of N (0 <= K < N) of the inputs, chosen by a hash of each "
+        "path: stable when inputs are added",
+    )
+    parser.add_argument(
+        "--part-size", type=int, default=1000, help="inputs per part file (or 60 s, if sooner)"
     )
     parser.add_argument(
         "--annotate", metavar="DIR", help="write copies with faces boxed and labelled"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="face crops per forward pass")
     parser.add_argument(
-        "--workers", type=int, default=None, help="decoding threads (default: up to 4)"
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding and detection processes (default: one per core); "
+        "with --engine ray, model actors (default: 1)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (torch backend)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
@@ -275,8 +301,21 @@ def add_predict_parser(subparsers) -> None:
         "follow them with the tracker in between (default 2; 1: detect on every frame)",
     )  # fmt: skip
     parser.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): this machine; ray: Ray Data on a cluster, writes Parquet parts "
+        "into --out DIR (needs utkface[ray])",
+    )
+    parser.add_argument("--address", help="Ray cluster address (default: start a local one)")
 
     def run(args) -> int:
+        from utkface.predict_inputs import parse_shard
+
+        shard = parse_shard(args.shard)
+        if args.engine == "ray":
+            return _predict_ray(args, shard)
         from utkface.predict import Predictor
         from utkface.predict_files import describe, predict_files
         from utkface.video import is_video
@@ -296,6 +335,7 @@ def add_predict_parser(subparsers) -> None:
             faces=args.faces,
             batch_size=args.batch_size,
             workers=args.workers,
+            processes=True,
         )
         if videos:
             from utkface.video_files import predict_videos
@@ -306,13 +346,55 @@ def add_predict_parser(subparsers) -> None:
             )  # fmt: skip
             print(f"{summary}" + (f"; rows in {args.out}" if args.out else ""), file=sys.stderr)
             return 1 if summary.failed else 0
-        summary = predict_files(
-            args.inputs, predictor, out=args.out, annotate=args.annotate, report=report
-        )
+        try:
+            summary = predict_files(
+                args.inputs,
+                predictor,
+                out=args.out,
+                out_format=args.out_format,
+                resume=args.resume,
+                shard=shard,
+                part_size=args.part_size,
+                annotate=args.annotate,
+                report=report,
+                progress=bool(args.out),
+            )
+        except KeyboardInterrupt:
+            if args.out:
+                print(
+                    "the finished results are kept: the same command with --resume goes on",
+                    file=sys.stderr,
+                )
+            raise
         print(f"{summary}" + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
         return 1 if summary.failed else 0
 
     parser.set_defaults(func=run)
+
+
+def _predict_ray(args, shard) -> int:
+    from utkface.ray_predict import predict_ray
+
+    if not args.out:
+        raise ValueError("--engine ray needs --out DIR (it writes Parquet part files there)")
+    unsupported = [flag for flag, value in (("--resume", args.resume), ("--annotate",
+                   args.annotate), ("--format", args.out_format)) if value]  # fmt: skip
+    if unsupported:
+        raise ValueError(f"--engine ray does not take {', '.join(unsupported)}")
+    summary = predict_ray(
+        args.inputs,
+        args.checkpoint,
+        args.out,
+        faces=args.faces,
+        shard=shard,
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        actors=args.workers or 1,
+        address=args.address,
+    )
+    print(f"{summary}; results in {args.out}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 PARSERS = [

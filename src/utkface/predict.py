@@ -16,7 +16,8 @@ orientation, any mode and bit depth, decompression-bomb limit). `faces` says whe
 training data); `detect` - find every face (`faces.detect_faces`) and cut a UTKFace-style crop
 around each; `auto` - decide per image (`faces.looks_aligned`). An input that cannot be read
 gives a `Prediction` with `error` set and the others go on. Inputs are decoded and faces found in
-a thread pool; crops from many inputs are batched through the model.
+a thread pool (processes with `processes=True`, as `utkface predict` does); crops from many
+inputs are batched through the model.
 
 `gender_prob` is P(female), as everywhere in this project; the confidence in the predicted
 `gender` is `max(gender_prob, 1 - gender_prob)`. `age_low`/`age_high` are the 10th/90th
@@ -30,10 +31,12 @@ with the keys of `models.decode_outputs`, and with `.preprocess` (its `Preproces
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -98,7 +101,7 @@ BACKENDS: dict[str, Callable] = {"torch": TorchBackend.from_checkpoint, "onnx": 
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     prediction: Prediction
     crops: np.ndarray  # (K, S, S, 3) uint8, one per face in `prediction.faces`
 
@@ -113,6 +116,7 @@ class Predictor:
         batch_size: int = 32,
         workers: int | None = None,
         backend_name: str = "custom",
+        processes: bool = False,
     ):
         _check_mode(faces)
         if batch_size < 1:
@@ -120,7 +124,11 @@ class Predictor:
         self.backend, self.backend_name = backend, backend_name
         self.meta, self.size = backend.meta, backend.preprocess.size
         self.faces, self.batch_size = faces, batch_size
-        self.workers = workers or min(4, os.cpu_count() or 1)
+        # Threads suit a server (the GIL is released while decoding); `processes` puts
+        # decoding and detection on every core for big file runs (`utkface predict`).
+        self.processes = processes
+        cores = os.cpu_count() or 1
+        self.workers = workers or (cores if processes else min(4, cores))
 
     @classmethod
     def from_checkpoint(
@@ -148,11 +156,12 @@ class Predictor:
         if mode != "aligned":
             face_finder.require_detector()  # fail before the run, naming the extra
         window = max(2 * self.workers, 4)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="utkface-decode") as pool:
-            pending: list[_Prepared] = []
+        with self._pool() as pool:
+            pending: list[Prepared] = []
             queued: deque = deque()
             for index, image in enumerate(images):
-                queued.append(pool.submit(self._prepare, index, image, mode))
+                source = str(image) if isinstance(image, (str, os.PathLike)) else f"<input {index}>"
+                queued.append(pool.submit(prepare_input, image, mode, self.size, source))
                 while len(queued) >= window or (queued and queued[0].done()):
                     pending.append(queued.popleft().result())
                     if sum(len(item.crops) for item in pending) >= self.batch_size:
@@ -171,39 +180,15 @@ class Predictor:
         every = DEFAULT_EVERY if every is None else every
         return predict_video(self, source, every=every, max_frames=max_frames, **options)
 
-    def _prepare(self, index: int, src: ImageSource, mode: str) -> _Prepared:
-        """Decode one input and cut its face crops (runs in a worker thread)."""
-        source = str(src) if isinstance(src, (str, os.PathLike)) else f"<input {index}>"
-        empty = np.zeros((0, self.size, self.size, 3), np.uint8)
-        try:
-            image = open_rgb(src)
-            prediction = Prediction(source, width=image.width, height=image.height)
-            aligned, found = (mode == "aligned", [])
-            if mode == "auto":
-                aligned, found = face_finder.looks_aligned(image)
-            elif mode == "detect":
-                found = face_finder.detect_faces(image)
-            if aligned:
-                # The very pixels of training: `images.load_rgb` is `square_resize(open_rgb)`.
-                # Refuses an image too small to be a face.
-                crops = square_resize(image, self.size)[None]
-            else:
-                crops = [face_finder.crop_face(image, face.crop, self.size) for face in found]
-        except ImageError as error:
-            return _Prepared(Prediction(source, error=str(error)), empty)
-        except Exception as error:  # a decoder bug on one odd file must not stop the run
-            return _Prepared(Prediction(source, error=f"{type(error).__name__}: {error}"), empty)
-        if aligned:
-            prediction.mode = "aligned"
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            prediction.faces = [FaceResult(box=(left, top, left + side, top + side))]
-            return _Prepared(prediction, crops)
-        prediction.mode = "detect"
-        prediction.faces = [FaceResult(box=face.box, score=face.score) for face in found]
-        return _Prepared(prediction, np.stack(crops) if crops else empty)
+    def _pool(self) -> Executor:
+        if not self.processes:
+            return ThreadPoolExecutor(self.workers, thread_name_prefix="utkface-decode")
+        # fork where there is one (as `data.prepare`): workers start at once, without
+        # importing torch again; they only decode and detect.
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ignore_sigint)
 
-    def _finish(self, pending: list[_Prepared]) -> Iterator[Prediction]:
+    def _finish(self, pending: list[Prepared]) -> Iterator[Prediction]:
         """Run the model over every crop of `pending`, fill in the faces, yield in order."""
         crops = np.concatenate([item.crops for item in pending]) if pending else None
         if crops is not None and len(crops):
@@ -215,13 +200,46 @@ class Predictor:
             row = 0
             for item in pending:
                 for face in item.prediction.faces:
-                    _fill(face, {key: value[row] for key, value in outputs.items()})
+                    fill_face(face, {key: value[row] for key, value in outputs.items()})
                     row += 1
         for item in pending:
             yield item.prediction
 
 
-def _fill(face: FaceResult, values: dict[str, np.ndarray]) -> None:
+def prepare_input(src: ImageSource, mode: str, size: int, source: str) -> Prepared:
+    """Decode one input and cut its `size` px face crops (runs in a worker thread or process;
+    the Ray path runs it in tasks). `source` names the input in its `Prediction`."""
+    empty = np.zeros((0, size, size, 3), np.uint8)
+    try:
+        image = open_rgb(src)
+        prediction = Prediction(source, width=image.width, height=image.height)
+        aligned, found = (mode == "aligned", [])
+        if mode == "auto":
+            aligned, found = face_finder.looks_aligned(image)
+        elif mode == "detect":
+            found = face_finder.detect_faces(image)
+        if aligned:
+            # The very pixels of training: `images.load_rgb` is `square_resize(open_rgb)`.
+            # Refuses an image too small to be a face.
+            crops = square_resize(image, size)[None]
+        else:
+            crops = [face_finder.crop_face(image, face.crop, size) for face in found]
+    except ImageError as error:
+        return Prepared(Prediction(source, error=str(error)), empty)
+    except Exception as error:  # a decoder bug on one odd file must not stop the run
+        return Prepared(Prediction(source, error=f"{type(error).__name__}: {error}"), empty)
+    if aligned:
+        prediction.mode = "aligned"
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        prediction.faces = [FaceResult(box=(left, top, left + side, top + side))]
+        return Prepared(prediction, crops)
+    prediction.mode = "detect"
+    prediction.faces = [FaceResult(box=face.box, score=face.score) for face in found]
+    return Prepared(prediction, np.stack(crops) if crops else empty)
+
+
+def fill_face(face: FaceResult, values: dict[str, np.ndarray]) -> None:
     """Copy one row of backend outputs (keys of `models.decode_outputs`) into `face`."""
     if "age" in values:
         face.age = float(values["age"])
@@ -233,6 +251,12 @@ def _fill(face: FaceResult, values: dict[str, np.ndarray]) -> None:
     if "race_prob" in values:
         probs = values["race_prob"]  # (5,)
         face.race, face.race_prob = RACES[int(probs.argmax())], float(probs.max())
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C reaches the whole process group: workers leave it to the main process, which
+    writes out what is finished and stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _check_mode(faces: str) -> None:

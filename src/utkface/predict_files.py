@@ -1,55 +1,32 @@
-"""`utkface predict` over files: expand inputs, stream results to JSONL/CSV, draw annotations.
+"""`utkface predict` over files: stream inputs through the model into resumable part files.
 
-    utkface predict photos/ "more/*.jpg" --checkpoint best.pt --out faces.jsonl --annotate seen/
+    utkface predict photos/ "more/*.jpg" list.txt --checkpoint best.pt --out results/ --resume
 
-INPUTS are files, folders (recursive) or globs. Every input gets a result: an error for one that
-cannot be read, and the run goes on. `--out` is written to a temp file and renamed when the run
-ends, so an earlier file is never left half-overwritten. The faces themselves come from
-`predict.Predictor`.
+Inputs (files, folders, globs, manifests; `--shard K/N`) are streamed by `predict_inputs`, so
+the first photo is predicted at once; results go out as they come through
+`predict_output.PartWriter` (part files that are each whole; `--resume` skips the inputs they
+hold; `--out F.jsonl|F.csv` joins them into one file at the end). Every input gets a result: an
+error for one that cannot be read, and the run goes on. Decoding and face detection run in the
+`Predictor`'s worker pool, crops of many files are batched through the model, and annotated
+copies are drawn here.
 """
 
 from __future__ import annotations
 
-import csv
-import itertools
-import json
 import os
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from glob import glob
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
 from utkface.atomic import atomic_open
 from utkface.images import open_rgb
-from utkface.names import IMAGE_SUFFIXES
 from utkface.predict import FaceResult, Prediction, Predictor
-
-FOLDER_SUFFIXES = IMAGE_SUFFIXES + (".tif", ".tiff", ".gif")  # what a folder input picks up
-OUTPUT_SUFFIXES = (".jsonl", ".csv")
-CSV_COLUMNS = (
-    "source",
-    "error",
-    "mode",
-    "width",
-    "height",
-    "face",
-    "left",
-    "top",
-    "right",
-    "bottom",
-    "score",
-    "age",
-    "age_low",
-    "age_high",
-    "gender",
-    "gender_prob",
-    "race",
-    "race_prob",
-)
+from utkface.predict_inputs import Item, count_inputs, iter_inputs
+from utkface.predict_output import FILE_SUFFIXES, PartWriter, join_parts
 
 
 @dataclass
@@ -57,56 +34,16 @@ class RunSummary:
     inputs: int = 0  # images tried, plus inputs that matched nothing
     failed: int = 0  # of those, how many gave an error
     faces: int = 0  # faces found in the rest
+    resumed: int = 0  # inputs done by an earlier run (--resume), not tried again
+
+    def add(self, prediction: Prediction) -> None:
+        self.inputs += 1
+        self.failed += prediction.error is not None
+        self.faces += len(prediction.faces)
 
     def __str__(self) -> str:
-        return f"{self.inputs} inputs, {self.failed} failed, {self.faces} faces"
-
-
-def expand_inputs(
-    inputs: Sequence[str | os.PathLike],
-) -> tuple[list[tuple[Path, Path]], list[Prediction]]:
-    """Files, folders (recursive, image suffixes only) and globs -> `(file, name for
-    annotation)` pairs in order without repeats, and an error `Prediction` for each input that
-    names nothing."""
-    found: dict[Path, Path] = {}
-    taken: set[Path] = set()
-    errors = []
-    for entry in inputs:
-        path = Path(entry)
-        if path.is_dir():
-            files = [
-                f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in FOLDER_SUFFIXES
-            ]
-            pairs = [(f, Path(path.resolve().name) / f.relative_to(path)) for f in sorted(files)]
-            if not pairs:
-                errors.append(Prediction(str(entry), error="folder holds no image files"))
-        elif path.exists():
-            pairs = [(path, Path(path.name))]
-        elif any(char in str(entry) for char in "*?["):
-            pairs = [
-                (Path(f), Path(Path(f).name))
-                for f in sorted(glob(str(entry), recursive=True))
-                if Path(f).is_file()
-            ]
-            if not pairs:
-                errors.append(Prediction(str(entry), error="no files match this pattern"))
-        else:
-            errors.append(Prediction(str(entry), error="no such file or folder"))
-            pairs = []
-        for file, name in pairs:
-            if file not in found:
-                found[file] = _unique(name, taken)
-    return list(found.items()), errors
-
-
-def _unique(name: Path, taken: set[Path]) -> Path:
-    """`name`, or `name-1`, `name-2`, ... if an earlier input already took it."""
-    candidate, number = name, 0
-    while candidate in taken:
-        number += 1
-        candidate = name.with_name(f"{name.stem}-{number}{name.suffix}")
-    taken.add(candidate)
-    return candidate
+        text = f"{self.inputs} inputs, {self.failed} failed, {self.faces} faces"
+        return text + (f" ({self.resumed} done before, skipped)" if self.resumed else "")
 
 
 def predict_files(
@@ -114,34 +51,100 @@ def predict_files(
     predictor: Predictor,
     *,
     out: str | os.PathLike | None = None,
+    out_format: str | None = None,
+    resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    part_size: int = 1000,
     annotate: str | os.PathLike | None = None,
     faces: str | None = None,
     report: Callable[[Prediction], None] | None = None,
+    progress: bool = False,
 ) -> RunSummary:
-    """Predict on every file named by `inputs`; write `out` (.jsonl: one object per input;
-    .csv: one row per face) atomically, annotated copies under `annotate`, and call `report`
-    on each `Prediction`. Bad inputs are recorded as errors and the run goes on."""
-    if out and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:  # before any work
-        raise ValueError(f"--out {out}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}")
-    files, errors = expand_inputs(inputs)
-    names = dict(files)
-    summary = RunSummary()
-    # A failure anywhere leaves no partial `out` and any earlier file of that name untouched.
-    output = atomic_open(out, "w", newline="", encoding="utf-8") if out else nullcontext()
-    with output as stream:
-        writer = _ResultWriter(stream, Path(out).suffix.lower() == ".csv") if out else None
-        results = predictor.predict_iter([file for file, _ in files], faces)
-        for prediction in itertools.chain(errors, results):
-            summary.inputs += 1
-            summary.failed += prediction.error is not None
-            summary.faces += len(prediction.faces)
+    """Predict on every input of `inputs` in `shard`; write the results under `out` (a folder
+    of part files, or one .jsonl/.csv file; see `predict_output`), annotated copies under
+    `annotate`, and call `report` on each `Prediction`. With `resume`, inputs that `out`
+    already holds are skipped. Bad inputs are recorded as errors and the run goes on."""
+    writer, joined = open_output(out, out_format, resume, part_size)  # before any work
+    done = writer.done if writer else set()
+    summary = RunSummary(resumed=len(done))
+    total = count_inputs(inputs, shard) if progress else None
+    bar = tqdm(
+        total=None if total is None else max(0, total - len(done)),
+        desc="predict",
+        unit="img",
+        disable=not progress,
+        mininterval=1.0,
+    )
+    items = (item for item in iter_inputs(inputs, shard) if item.source not in done)
+    try:
+        for item, prediction in _predictions(items, predictor, faces):
+            summary.add(prediction)
             if writer:
                 writer.write(prediction)
             if annotate and prediction.error is None:
-                _write_annotated(Path(prediction.source), prediction, Path(annotate), names)
+                _write_annotated(item, prediction, Path(annotate))
             if report:
                 report(prediction)
+            bar.update()
+        if writer:
+            writer.flush()
+    except BaseException:
+        if writer:  # keep what is finished (Ctrl-C, a failure): --resume goes on from there
+            writer.flush()
+            if writer.folder.is_dir() and not any(writer.folder.iterdir()):
+                writer.folder.rmdir()
+        raise
+    finally:
+        bar.close()
+    if joined:
+        join_parts(writer.folder, joined)
     return summary
+
+
+def open_output(
+    out: str | os.PathLike | None, out_format: str | None, resume: bool, part_size: int
+) -> tuple[PartWriter | None, Path | None]:
+    """The `PartWriter` for `--out`, and the single file its parts are joined into (if any)."""
+    if out is None:
+        if resume:
+            raise ValueError("--resume needs --out (the results to continue)")
+        return None, None
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix in FILE_SUFFIXES:
+        if out_format not in (None, suffix[1:]):
+            raise ValueError(f"--out {out} is {suffix[1:]}, not --format {out_format}")
+        parts = out.with_name(out.name + ".parts")
+        return PartWriter(parts, suffix[1:], resume, part_size), out
+    if suffix and not out.is_dir():
+        raise ValueError(
+            f"--out {out}: unknown suffix; choose one of {', '.join(FILE_SUFFIXES)}, "
+            "or a folder (no suffix) for part files"
+        )
+    return PartWriter(out, out_format or "jsonl", resume, part_size), None
+
+
+def _predictions(
+    items: Iterator[Item], predictor: Predictor, faces: str | None
+) -> Iterator[tuple[Item, Prediction]]:
+    """The one place where an input meets what predicts on it, in input order: an entry that
+    named nothing gets its error; an image file goes through `Predictor.predict_iter`."""
+    fed: deque[Item] = deque()
+
+    def images() -> Iterator[Path]:
+        for item in items:
+            fed.append(item)
+            if item.error is None:
+                yield item.path
+
+    def named_nothing(item: Item) -> tuple[Item, Prediction]:
+        return item, Prediction(item.source, error=item.error)
+
+    for prediction in predictor.predict_iter(images(), faces):
+        while fed[0].error is not None:
+            yield named_nothing(fed.popleft())
+        yield fed.popleft(), prediction
+    yield from map(named_nothing, fed)
 
 
 def describe(prediction: Prediction) -> str:
@@ -166,41 +169,6 @@ def _label(face: FaceResult) -> str:
     return " ".join(parts)
 
 
-class _ResultWriter:
-    """Streams results into an open text file: JSON lines (one per input) or CSV (one row per
-    face)."""
-
-    def __init__(self, file: IO[str], as_csv: bool):
-        self.file = file
-        self.csv = csv.DictWriter(file, CSV_COLUMNS) if as_csv else None
-        if self.csv:
-            self.csv.writeheader()
-
-    def write(self, prediction: Prediction) -> None:
-        if not self.csv:
-            self.file.write(json.dumps(prediction.to_dict()) + "\n")
-            return
-        row = {
-            key: getattr(prediction, key) for key in ("source", "error", "mode", "width", "height")
-        }
-        if not prediction.faces:
-            self.csv.writerow(row)
-        for index, face in enumerate(prediction.faces):
-            values = asdict(face)
-            left, top, right, bottom = values.pop("box")
-            self.csv.writerow(
-                {
-                    **row,
-                    **values,
-                    "face": index,
-                    "left": left,
-                    "top": top,
-                    "right": right,
-                    "bottom": bottom,
-                }
-            )
-
-
 def annotate_image(image: Image.Image, prediction: Prediction) -> Image.Image:
     """A copy of `image` with each face boxed and labelled (age, interval, gender)."""
     image = image.copy()
@@ -219,12 +187,10 @@ def annotate_image(image: Image.Image, prediction: Prediction) -> Image.Image:
     return image
 
 
-def _write_annotated(
-    file: Path, prediction: Prediction, folder: Path, names: dict[Path, Path]
-) -> None:
-    target = folder / names[file]
+def _write_annotated(item: Item, prediction: Prediction, folder: Path) -> None:
+    target = folder / item.name
     if target.suffix.lower() not in (".jpg", ".jpeg", ".png", ".webp", ".bmp"):
         target = target.with_suffix(".png")
     with atomic_open(target) as out:
         image_format = Image.registered_extensions()[target.suffix.lower()]
-        annotate_image(open_rgb(file), prediction).save(out, format=image_format, quality=90)
+        annotate_image(open_rgb(item.path), prediction).save(out, format=image_format, quality=90)

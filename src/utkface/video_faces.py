@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from utkface import faces as face_finder
-from utkface.predict import FaceResult, _fill
+from utkface.predict import FaceResult, fill_face
 from utkface.tracking import Estimate, Tracker
 
 DEFAULT_FPS = 25.0  # time base for frames given as arrays without times
@@ -102,7 +102,7 @@ class FaceStream:
         for row, (track, box, score) in enumerate(located):
             values = {key: value[row] for key, value in outputs.items()}
             face = FaceResult(box=tuple(float(v) for v in box), score=score)
-            _fill(face, values)
+            fill_face(face, values)
             smoothed = _smoothed(face.box, self.tracker.observe(track, time, box, values))
             result.faces.append(TrackedFace(track, face, smoothed, detected=detect))
         return result
@@ -134,7 +134,7 @@ def predict_video(
 def _smoothed(box, estimate: Estimate) -> FaceResult:
     face = FaceResult(box=box)
     values = {key: getattr(estimate, key) for key in ("age", "age_low", "age_high", "gender_prob")}
-    _fill(face, {key: value for key, value in values.items() if value is not None})
+    fill_face(face, {key: value for key, value in values.items() if value is not None})
     return face
 
 
