@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from utkface.errors import MissingExtra, UtkfaceError
+
 
 def add_prepare_parser(subparsers) -> None:
     parser = subparsers.add_parser("prepare", help="scan, validate, split and cache UTKFace")
@@ -90,12 +92,21 @@ def add_evaluate_parser(subparsers) -> None:
 
 def add_export_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX, checked for parity with PyTorch"
+        "export",
+        help="export a checkpoint to ONNX or safetensors, checked for parity with PyTorch",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file from `train`")
-    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    parser.add_argument("--out", help="output file (default: the checkpoint with .onnx)")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "safetensors"),
+        default="onnx",
+        help="onnx: graph with preprocessing inside; safetensors: pickle-free weights + metadata",
+    )
+    parser.add_argument(
+        "--out", help="output file (default: the checkpoint with .onnx or .safetensors)"
+    )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    parser.add_argument("--half", action="store_true", help="safetensors: float16 weights")
     parser.add_argument(
         "--images",
         help="folder/.tar.gz/.zip of images for the parity check "
@@ -104,8 +115,22 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip the parity check")
 
     def run(args) -> int:
-        from utkface.export import DEFAULT_OPSET, export_onnx
+        from utkface.errors import OptionError
+        from utkface.export import DEFAULT_OPSET, export_onnx, export_safetensors
 
+        if args.format == "safetensors":
+            if args.opset is not None:
+                raise OptionError("--opset applies to --format onnx only")
+            export_safetensors(
+                args.checkpoint,
+                args.out,
+                half=args.half,
+                check=not args.no_check,
+                images=args.images,
+            )
+            return 0
+        if args.half:
+            raise OptionError("--half applies to --format safetensors only")
         export_onnx(
             args.checkpoint,
             args.out,
@@ -131,7 +156,11 @@ def add_serve_parser(subparsers) -> None:
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
 
     def run(args) -> int:
-        from utkface.serve import run as serve
+        try:
+            from utkface.serve import run as serve
+        except ImportError as error:
+            hint = "the web demo is an optional extra: pip install 'utkface[serve]'"
+            raise MissingExtra(f"{hint} ({error})") from error
 
         backend = args.backend or ("onnx" if args.checkpoint.endswith(".onnx") else "torch")
         serve(
@@ -280,6 +309,9 @@ PARSERS = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="utkface", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of every error, user errors too"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add_parser in PARSERS:
         add_parser(subparsers)
@@ -287,36 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A `UtkfaceError` (bad file, option or setting, missing extra: something
+    the user can fix) is one line and exit status 2; anything else is a bug and keeps its
+    traceback, as do user errors with `--debug`."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as error:
-        # Problems with what the user gave us: one clear line, no traceback.
+    except UtkfaceError as error:
+        if args.debug:
+            raise
         print(f"utkface {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """What a user's input or setup can cause: bad files, settings, missing extras (their
-    ImportError names the extra to install), a failed export parity check."""
-    from utkface.checkpoint import CheckpointError
-    from utkface.evaluate import EvaluationError
-    from utkface.export import ParityError
-    from utkface.images import ImageError
-    from utkface.models import PretrainedWeightsError
-    from utkface.sources import SourceError
-
-    return (
-        CheckpointError,
-        EvaluationError,
-        ImageError,
-        ParityError,
-        PretrainedWeightsError,
-        SourceError,
-        FileNotFoundError,
-        ImportError,
-        ValueError,  # includes ConfigError: a bad option, named with its valid choices
-    )

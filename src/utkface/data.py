@@ -33,6 +33,7 @@ import PIL
 from tqdm import tqdm
 
 from utkface import images as image_io
+from utkface.errors import OptionError, UtkfaceError
 from utkface.names import GENDERS, LabelError, age_band, parse_name
 from utkface.sources import fingerprint, iter_members
 
@@ -85,7 +86,7 @@ class Dataset(Scan):
 
     def indices(self, split: str) -> np.ndarray:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+            raise OptionError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         return np.array([i for i, r in enumerate(self.records) if r.split == split], dtype=np.int64)
 
     def summary(self) -> str:
@@ -184,7 +185,7 @@ def prepare(
     """Scan, split and cache `source`; reuse the cache when inputs and settings match."""
     source = Path(source) if source is not None else default_source()
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"split fractions {list(fractions)} must be three numbers summing to 1")
+        raise OptionError(f"split fractions {list(fractions)} must be three numbers summing to 1")
     settings = {
         "version": CACHE_VERSION,
         "source": str(source.resolve()),
@@ -252,7 +253,9 @@ def _open_cache(cache_dir: Path) -> Dataset:
     with open(cache_dir / "skipped.csv", newline="") as file:
         skipped = [Skipped(row["file"], row["reason"]) for row in csv.DictReader(file)]
     if len(records) != len(images):
-        raise ValueError(f"{cache_dir}: cache is inconsistent; delete the folder and prepare again")
+        raise UtkfaceError(
+            f"{cache_dir}: cache is inconsistent; delete the folder and prepare again"
+        )
     return Dataset(images=images, records=records, skipped=skipped, cache_dir=cache_dir)
 
 

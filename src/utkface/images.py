@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from utkface.errors import UtkfaceError
+
 # Larger inputs are refused rather than decoded: a 10k x 10k photo is plenty for a face.
 MAX_PIXELS = 100_000_000
 RESAMPLE = Image.Resampling.BILINEAR
@@ -22,7 +24,7 @@ ORIENTATION = 0x0112  # the EXIF tag that says how the camera was held
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
-class ImageError(ValueError):
+class ImageError(UtkfaceError, ValueError):
     """An input that cannot be turned into an RGB image; the message says why."""
 
 

@@ -18,6 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
+from utkface.errors import OptionError, UtkfaceError
 from utkface.names import NUM_AGES, RACES
 
 TASKS = ("age", "gender", "race")
@@ -36,7 +37,7 @@ TASK_OUTPUTS = {"age": NUM_AGES, "gender": 1, "race": len(RACES)}
 INTERVAL = (0.1, 0.9)  # the age interval is the 10th..90th percentile of the age distribution
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UtkfaceError, RuntimeError):
     """ImageNet weights were asked for but could not be loaded."""
 
 
@@ -97,10 +98,10 @@ def build_model(
     if name == "seed_age":
         return SeedCNN((128, 128, 256, 512), output="age_value")
     if name not in BACKBONES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise OptionError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     unknown = [task for task in tasks if task not in TASKS]
     if unknown or not tasks:
-        raise ValueError(f"unknown or empty tasks {list(tasks)}; choose from {', '.join(TASKS)}")
+        raise OptionError(f"unknown or empty tasks {list(tasks)}; choose from {', '.join(TASKS)}")
     return MultiTaskNet(name, tasks, pretrained, **kwargs)
 
 

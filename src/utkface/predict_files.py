@@ -24,6 +24,7 @@ from typing import IO
 from PIL import Image, ImageDraw, ImageFont
 
 from utkface.atomic import atomic_open
+from utkface.errors import OptionError
 from utkface.images import open_rgb
 from utkface.names import IMAGE_SUFFIXES
 from utkface.predict import FaceResult, Prediction, Predictor
@@ -122,7 +123,9 @@ def predict_files(
     .csv: one row per face) atomically, annotated copies under `annotate`, and call `report`
     on each `Prediction`. Bad inputs are recorded as errors and the run goes on."""
     if out and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:  # before any work
-        raise ValueError(f"--out {out}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}")
+        raise OptionError(
+            f"--out {out}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}"
+        )
     files, errors = expand_inputs(inputs)
     names = dict(files)
     summary = RunSummary()

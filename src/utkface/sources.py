@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from utkface.errors import UtkfaceError
+
 
 @dataclass(frozen=True)
 class Member:
@@ -25,7 +27,7 @@ class Member:
     problem: str | None = None
 
 
-class SourceError(ValueError):
+class SourceError(UtkfaceError, ValueError):
     """The source itself (not one of its files) cannot be read."""
 
 

@@ -96,7 +96,10 @@ def train(
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The resolved config a run folder was started with (for `--resume`)."""
-    return TrainConfig(**json.loads((Path(run_dir) / "config.json").read_text()))
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder to resume (no config.json)")
+    return TrainConfig(**json.loads(path.read_text()))
 
 
 def pick_device(name: str) -> torch.device:
@@ -107,7 +110,7 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available")
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
     return torch.device(name)
 
 
