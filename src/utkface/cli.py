@@ -19,10 +19,20 @@ def add_prepare_parser(subparsers) -> None:
     parser.add_argument("--out", help="cache folder (default: $UTKFACE_CACHE or ~/.cache/utkface)")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    parser.add_argument(
+        "--max-file-mb", type=float, default=50.0, help="skip files larger than this (MB)"
+    )
+    parser.add_argument(
+        "--max-total-gb", type=float, default=4.0, help="skip the files past this much read (GB)"
+    )
 
     def run(args) -> int:
         from utkface.data import prepare
+        from utkface.sources import Limits
 
+        limits = Limits(
+            member_bytes=int(args.max_file_mb * 2**20), total_bytes=int(args.max_total_gb * 2**30)
+        )
         dataset = prepare(
             args.data,
             size=args.size,
@@ -30,6 +40,7 @@ def add_prepare_parser(subparsers) -> None:
             seed=args.seed,
             workers=args.workers,
             progress=True,
+            limits=limits,
         )
         print(dataset.summary())
         return 0
