@@ -261,7 +261,7 @@ def seed_faces(tmp_path_factory, make_faces, face_names):
 
 
 def test_seed_preset_trains_both_cnns_and_resumes(seed_faces, tmp_path):
-    config = resolve_config(model="seed", epochs=1, batch_size=6, threads=1, device="cpu")
+    config = resolve_config(model="seed", epochs=2, batch_size=6, threads=1, device="cpu")
     assert config.size == 200
     out, cache = tmp_path / "seed", tmp_path / "cache"
 
@@ -283,12 +283,13 @@ def test_seed_preset_trains_both_cnns_and_resumes(seed_faces, tmp_path):
         assert RUN_FILES <= {path.name for path in run.iterdir()}
         assert "test" in result[folder]
         state = read_checkpoint(run / "last.pt")["train_state"]
-        assert state["step"] == 2  # 12 train images / batch 6, one epoch
+        assert state["step"] == 4  # 12 train images / batch 6, two epochs
+        losses = [float(row["train_loss"]) for row in _rows(run / "metrics.csv")]
+        assert len(losses) == 2 and losses[1] < losses[0], losses  # it learns
         model, meta = load_checkpoint(run / "best.pt")
         assert meta["preprocess"].size == 200 and meta["preprocess"].mean == (0.0, 0.0, 0.0)
         predictions = predict_arrays(model, meta["preprocess"], images)
-        assert set(predictions) == keys
-        assert all(np.isfinite(value).all() and len(value) == 3 for value in predictions.values())
+        assert set(predictions) == keys and all(len(v) == 3 for v in predictions.values())
 
 
 def _load(path: Path):
