@@ -308,8 +308,39 @@ def add_predict_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def add_cache_parser(subparsers) -> None:
+    parser = subparsers.add_parser("cache", help="list or remove the dataset caches of `prepare`")
+    parser.add_argument("action", choices=("list", "clean"), help="list them, or remove some")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="caches to remove (clean)")
+    parser.add_argument("--all", action="store_true", help="clean: remove every cache")
+    parser.add_argument("--dir", help="cache folder (default: $UTKFACE_CACHE or ~/.cache/utkface)")
+
+    def run(args) -> int:
+        from utkface.caches import list_caches, remove_caches
+        from utkface.errors import OptionError
+
+        if args.action == "list":
+            if args.names or args.all:
+                raise OptionError("cache list takes no names and no --all")
+            caches = list_caches(args.dir)
+            for cache in caches:
+                print(cache.row())
+            total = sum(cache.bytes for cache in caches)
+            print(f"{len(caches)} caches, {total / 2**20:.1f} MB", file=sys.stderr)
+            return 0
+        if bool(args.names) == args.all:
+            raise OptionError("cache clean needs cache names (see `utkface cache list`) or --all")
+        removed = remove_caches(None if args.all else args.names, args.dir)
+        for cache in removed:
+            print(f"removed {cache.path} ({cache.bytes / 2**20:.1f} MB)")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
 PARSERS = [
     add_prepare_parser,
+    add_cache_parser,
     add_train_parser,
     add_evaluate_parser,
     add_export_parser,
