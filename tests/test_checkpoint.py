@@ -24,6 +24,7 @@ from utkface.checkpoint import (
     save_safetensors,
 )
 from utkface.cli import main
+from utkface.errors import OptionError
 from utkface.inference import predict_arrays
 
 
@@ -166,6 +167,11 @@ def test_foreign_files_are_clear_errors(tmp_path, content, problem):
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=f"model.bin: {problem}"):
         load_checkpoint(path)
+
+
+def test_an_unusable_device_is_a_user_error(checkpoint):
+    with pytest.raises(OptionError, match="device 'tpu9' cannot be used"):
+        load_checkpoint(checkpoint, device="tpu9")
 
 
 def test_export_cli_writes_safetensors_and_rejects_mixed_options(checkpoint, tmp_path, capsys):

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from utkface.atomic import atomic_open, atomic_write
-from utkface.errors import UtkfaceError
+from utkface.errors import OptionError, UtkfaceError
 from utkface.models import build_model, model_tasks
 from utkface.names import GENDERS, MAX_AGE, RACES
 from utkface.preprocess import Preprocess
@@ -164,7 +164,10 @@ def load_checkpoint(
         preprocess = Preprocess.from_dict(state["preprocess"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: checkpoint does not fit its model ({error})") from error
-    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    try:
+        model = model.to(device).to(memory_format=torch.channels_last).eval()
+    except (RuntimeError, AssertionError) as error:  # no such device, or not built for it
+        raise OptionError(f"device {str(device)!r} cannot be used: {error}") from error
     meta = {key: value for key, value in state.items() if key in META_KEYS}
     meta.update(preprocess=preprocess, path=str(path))
     return model, meta
