@@ -50,14 +50,15 @@ OUTPUT_NAMES = ("age", "age_low", "age_high", "gender_prob", "race_prob")
 # ends are whole-year percentiles, which may move by one year when a cumulative probability lies
 # within float rounding of 0.1 or 0.9, so they get one year.
 TOLERANCE = {"age": 0.05, "age_low": 1.0, "age_high": 1.0, "gender_prob": 1e-3, "race_prob": 1e-3}
-# float16 weights vs the float32 checkpoint (safetensors --half); measured on val faces of the
-# baseline checkpoint in BENCHMARKS.md's "Checkpoint formats".
+# float16 weights vs the float32 checkpoint (safetensors --half): about twice the largest
+# differences over the 2,137 val faces of the baseline (0.12 years, P(female) 0.012; see
+# BENCHMARKS.md, "Checkpoint formats"), small against an age MAE of ~5 years.
 HALF_TOLERANCE = {
-    "age": 0.1,
+    "age": 0.25,
     "age_low": 1.0,
     "age_high": 1.0,
-    "gender_prob": 5e-3,
-    "race_prob": 5e-3,
+    "gender_prob": 0.02,
+    "race_prob": 0.02,
 }
 PARITY_IMAGES = 32  # real crops the parity check runs by default
 META_PREFIX = "utkface."
