@@ -8,7 +8,7 @@ loader (`load_checkpoint` tells them apart by content):
   Python values (str, int, float, bool, None, list, tuple, dict). It is read with
   `torch.load(weights_only=True)`, which refuses any other type, so a file from someone else
   cannot run code when it is loaded. `last.pt` of a run folder additionally holds the full
-  training state (optimizer, weight average, step counters, RNG states) that `train --resume`
+  training state (optimizer, weight average, step counters, history) that `train --resume`
   reads; `best.pt` holds weights and metadata only.
 - `.safetensors` (`utkface export --format safetensors [--half]`): the weights as safetensors,
   which has no code path at all, and the metadata as JSON in the header's `__metadata__`
