@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -122,3 +123,30 @@ def test_scripts_time_a_default_model_end_to_end(script, arguments, expected):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(expected, result.stdout), result.stdout
+
+
+def test_checkpoint_formats_compares_the_three_formats(face_folder, tmp_path, capsys):
+    from conftest import face_pixels
+    from tiny_checkpoints import tiny_checkpoint
+
+    from benchmarks import checkpoint_formats
+
+    faces = np.stack([face_pixels(seed, 16) for seed in range(8)])
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt", faces, size=16)
+    arguments = ["--data", str(face_folder), "--split", "train", "--loads", "1"]
+    checkpoint_formats.main([str(checkpoint), *arguments])
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"train split, n = (\d+), 16 px, CPU", lines[0])
+    n = int(lines[0].split()[4].rstrip(","))
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines[3:]}
+    assert list(rows) == ["pt (train's best.pt)", "safetensors float32", "safetensors float16"]
+    for name in ("pt (train's best.pt)", "safetensors float32"):  # the same weights: identical
+        assert [cell.strip() for cell in rows[name][2:]] == [
+            "0",
+            "0",
+            "0",
+            f"0 of {n}",
+            f"0 of {2 * n}",
+        ]
+    assert float(rows["safetensors float16"][2]) > 0  # rounded weights move the ages a little
+    assert float(rows["safetensors float16"][0]) < 0.55 * float(rows["safetensors float32"][0])

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from utkface import sources
 from utkface.data import prepare
-from utkface.sources import SourceError, fingerprint, iter_members, unsafe_reason
+from utkface.sources import Limits, SourceError, fingerprint, iter_members, unsafe_reason
 
 GOOD = "20_0_0_20170000000000001.jpg.chip.jpg"
 GOOD2 = "21_1_1_20170000000000002.jpg.chip.jpg"
@@ -168,14 +171,12 @@ def test_folder_links_special_and_unreadable_files(tmp_path, jpeg_bytes, monkeyp
     os.mkfifo(root / "inner" / "33_0_0_2017.jpg")
     (root / "inner" / "34_0_0_2017.jpg").write_bytes(jpeg_bytes(2))
 
-    real_read = Path.read_bytes
-
-    def read_bytes(path):  # root reads anything, so fake a permission error for one file
-        if path.name == "34_0_0_2017.jpg":
+    def fake_open(path, *args, **kwargs):  # root reads anything: fake a permission error
+        if Path(path).name == "34_0_0_2017.jpg":
             raise PermissionError(13, "Permission denied")
-        return real_read(path)
+        return open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(sources, "open", fake_open, raising=False)
     members = _members(root)
     assert members == {
         GOOD: (jpeg_bytes(0), None),
@@ -223,3 +224,106 @@ def test_fingerprint_follows_content_changes(tmp_path, make_faces):
     with zipfile.ZipFile(archive, "a") as handle:
         handle.writestr(GOOD2, b"y")
     assert fingerprint(archive) != before
+
+
+# ---------------------------------------------------------------------------------------------
+# limits: big members, zip bombs, lying headers, the total
+
+
+class _Zeros(io.RawIOBase):
+    """`size` zero bytes, produced as they are read (nothing that size is ever held)."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+
+BIG = 256 * 2**20  # a few hundred MB, generated on the fly, compressed to a few hundred kB
+
+
+def _write_zeros_member(archive: zipfile.ZipFile, name: str, size: int) -> None:
+    with archive.open(name, "w") as handle:
+        shutil.copyfileobj(_Zeros(size), handle, 2**22)
+
+
+def test_a_huge_tar_member_is_skipped_unread_and_the_rest_used(tmp_path, jpeg_bytes):
+    path = tmp_path / "big.tar.gz"
+    with tarfile.open(path, "w:gz", compresslevel=1) as archive:
+        _add_bytes(archive, GOOD, jpeg_bytes(1))
+        info = tarfile.TarInfo("30_1_0_20170000000000003.jpg.chip.jpg")
+        info.size = BIG
+        archive.addfile(info, _Zeros(BIG))
+        _add_bytes(archive, GOOD2, jpeg_bytes(2))
+    assert path.stat().st_size < 2 * 2**20  # nothing big stored
+
+    dataset = prepare(path, size=16, out=tmp_path / "cache")
+    assert [record.file for record in dataset.records] == [GOOD, GOOD2]
+    assert [(s.file, s.reason) for s in dataset.skipped] == [
+        ("30_1_0_20170000000000003.jpg.chip.jpg", "file too large (256.0 MB, limit 50.0 MB)")
+    ]
+
+
+def test_a_zip_bomb_is_refused_by_its_declared_ratio(tmp_path, jpeg_bytes):
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr(GOOD, jpeg_bytes(1))
+        _write_zeros_member(archive, "bomb.jpg", 40 * 2**20)  # under the 50 MB cap
+        archive.writestr(GOOD2, jpeg_bytes(2))
+    members = _members(path)
+    assert members[GOOD] == (jpeg_bytes(1), None) and members[GOOD2] == (jpeg_bytes(2), None)
+    data, problem = members["bomb.jpg"]
+    assert data is None
+    pattern = r"zip bomb: [\d.]+ kB would inflate to 40\.0 MB \((\d+) times, limit 100\)"
+    assert int(re.fullmatch(pattern, problem).group(1)) > 100
+
+
+def test_a_zip_member_whose_header_lies_about_its_size_is_read_no_further(tmp_path, jpeg_bytes):
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr(GOOD, jpeg_bytes(1))
+        _write_zeros_member(archive, "liar.jpg", BIG)
+    # Rewrite the declared size (local header and central directory) from 256 MB to 1 kB: the
+    # ratio looks harmless and the size is under the cap.
+    raw = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = 0
+        while (start := raw.find(signature, start)) != -1:
+            if int.from_bytes(raw[start + offset : start + offset + 4], "little") == BIG:
+                raw[start + offset : start + offset + 4] = (1024).to_bytes(4, "little")
+            start += 4
+    path.write_bytes(bytes(raw))
+    assert zipfile.ZipFile(path).getinfo("liar.jpg").file_size == 1024
+
+    members = _members(path)
+    assert members[GOOD] == (jpeg_bytes(1), None)
+    data, problem = members["liar.jpg"]
+    assert data is None and problem.startswith("damaged archive member (Bad CRC-32")
+    # zipfile itself stops at the declared size; any reader that does not is cut at the cap:
+    reader = sources._Reader(Limits(member_bytes=2048))
+    asked = []
+    member = reader.member("liar.jpg", 1024, lambda n: asked.append(n) or bytes(n))
+    assert asked == [2049] and member.data is None
+    assert member.problem == "file too large (over 2.0 kB, its header said 1.0 kB)"
+
+
+def test_the_total_read_limit_and_a_small_file_cap(tmp_path, make_faces):
+    make_faces(tmp_path / "faces", count=4)
+    sizes = {path.name: path.stat().st_size for path in sorted((tmp_path / "faces").iterdir())}
+    first = list(sizes.values())
+    limits = Limits(total_bytes=first[0] + first[1] + first[2] - 1)  # the third does not fit
+    found = {m.name: m.problem for m in iter_members(tmp_path / "faces", limits)}
+    limit = f"{limits.total_bytes / 1024:.1f} kB"
+    assert list(found.values()) == [None, None] + [f"total read limit reached ({limit} read)"] * 2
+    capped = Limits(member_bytes=min(first))
+    found = {m.name: m.problem for m in iter_members(tmp_path / "faces", capped)}
+    assert {name for name, problem in found.items() if problem is None} == {
+        name for name, size in sizes.items() if size == min(first)
+    }

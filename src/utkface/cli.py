@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from utkface.errors import MissingExtra, OptionError, UtkfaceError
+
 
 def add_prepare_parser(subparsers) -> None:
     parser = subparsers.add_parser("prepare", help="scan, validate, split and cache UTKFace")
@@ -17,10 +19,20 @@ def add_prepare_parser(subparsers) -> None:
     parser.add_argument("--out", help="cache folder (default: $UTKFACE_CACHE or ~/.cache/utkface)")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    parser.add_argument(
+        "--max-file-mb", type=float, default=50.0, help="skip files larger than this (MB)"
+    )
+    parser.add_argument(
+        "--max-total-gb", type=float, default=4.0, help="skip the files past this much read (GB)"
+    )
 
     def run(args) -> int:
         from utkface.data import prepare
+        from utkface.sources import Limits
 
+        limits = Limits(
+            member_bytes=int(args.max_file_mb * 2**20), total_bytes=int(args.max_total_gb * 2**30)
+        )
         dataset = prepare(
             args.data,
             size=args.size,
@@ -28,6 +40,7 @@ def add_prepare_parser(subparsers) -> None:
             seed=args.seed,
             workers=args.workers,
             progress=True,
+            limits=limits,
         )
         print(dataset.summary())
         return 0
@@ -90,12 +103,21 @@ def add_evaluate_parser(subparsers) -> None:
 
 def add_export_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX, checked for parity with PyTorch"
+        "export",
+        help="export a checkpoint to ONNX or safetensors, checked for parity with PyTorch",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file from `train`")
-    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    parser.add_argument("--out", help="output file (default: the checkpoint with .onnx)")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "safetensors"),
+        default="onnx",
+        help="onnx: graph with preprocessing inside; safetensors: pickle-free weights + metadata",
+    )
+    parser.add_argument(
+        "--out", help="output file (default: the checkpoint with .onnx or .safetensors)"
+    )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    parser.add_argument("--half", action="store_true", help="safetensors: float16 weights")
     parser.add_argument(
         "--images",
         help="folder/.tar.gz/.zip of images for the parity check "
@@ -104,8 +126,21 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip the parity check")
 
     def run(args) -> int:
-        from utkface.export import DEFAULT_OPSET, export_onnx
+        from utkface.export import DEFAULT_OPSET, export_onnx, export_safetensors
 
+        if args.format == "safetensors":
+            if args.opset is not None:
+                raise OptionError("--opset applies to --format onnx only")
+            export_safetensors(
+                args.checkpoint,
+                args.out,
+                half=args.half,
+                check=not args.no_check,
+                images=args.images,
+            )
+            return 0
+        if args.half:
+            raise OptionError("--half applies to --format safetensors only")
         export_onnx(
             args.checkpoint,
             args.out,
@@ -152,7 +187,11 @@ def add_serve_parser(subparsers) -> None:
     )
 
     def run(args) -> int:
-        from utkface.serve import run as serve
+        try:
+            from utkface.serve import run as serve
+        except ImportError as error:
+            hint = "the web demo is an optional extra: pip install 'utkface[serve]'"
+            raise MissingExtra(f"{hint} ({error})") from error
 
         backend = args.backend or ("onnx" if args.checkpoint.endswith(".onnx") else "torch")
         serve(
@@ -322,7 +361,7 @@ def add_predict_parser(subparsers) -> None:
 
         videos = [path for path in args.inputs if is_video(path)]
         if videos and len(videos) < len(args.inputs):
-            raise ValueError("give either videos or images, not both; run them separately")
+            raise OptionError("give either videos or images, not both; run them separately")
 
         def report(prediction) -> None:
             if prediction.error or not args.out:
@@ -376,11 +415,11 @@ def _predict_ray(args, shard) -> int:
     from utkface.ray_predict import predict_ray
 
     if not args.out:
-        raise ValueError("--engine ray needs --out DIR (it writes Parquet part files there)")
+        raise OptionError("--engine ray needs --out DIR (it writes Parquet part files there)")
     unsupported = [flag for flag, value in (("--resume", args.resume), ("--annotate",
                    args.annotate), ("--format", args.out_format)) if value]  # fmt: skip
     if unsupported:
-        raise ValueError(f"--engine ray does not take {', '.join(unsupported)}")
+        raise OptionError(f"--engine ray does not take {', '.join(unsupported)}")
     summary = predict_ray(
         args.inputs,
         args.checkpoint,
@@ -397,8 +436,38 @@ def _predict_ray(args, shard) -> int:
     return 1 if summary.failed else 0
 
 
+def add_cache_parser(subparsers) -> None:
+    parser = subparsers.add_parser("cache", help="list or remove the dataset caches of `prepare`")
+    parser.add_argument("action", choices=("list", "clean"), help="list them, or remove some")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="caches to remove (clean)")
+    parser.add_argument("--all", action="store_true", help="clean: remove every cache")
+    parser.add_argument("--dir", help="cache folder (default: $UTKFACE_CACHE or ~/.cache/utkface)")
+
+    def run(args) -> int:
+        from utkface.caches import list_caches, remove_caches
+
+        if args.action == "list":
+            if args.names or args.all:
+                raise OptionError("cache list takes no names and no --all")
+            caches = list_caches(args.dir)
+            for cache in caches:
+                print(cache.row())
+            total = sum(cache.bytes for cache in caches)
+            print(f"{len(caches)} caches, {total / 2**20:.1f} MB", file=sys.stderr)
+            return 0
+        if bool(args.names) == args.all:
+            raise OptionError("cache clean needs cache names (see `utkface cache list`) or --all")
+        removed = remove_caches(None if args.all else args.names, args.dir)
+        for cache in removed:
+            print(f"removed {cache.path} ({cache.bytes / 2**20:.1f} MB)")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
 PARSERS = [
     add_prepare_parser,
+    add_cache_parser,
     add_train_parser,
     add_evaluate_parser,
     add_export_parser,
@@ -409,6 +478,9 @@ PARSERS = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="utkface", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of every error, user errors too"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add_parser in PARSERS:
         add_parser(subparsers)
@@ -416,36 +488,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A `UtkfaceError` (bad file, option or setting, missing extra: something
+    the user can fix) is one line and exit status 2; anything else is a bug and keeps its
+    traceback, as do user errors with `--debug`."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as error:
-        # Problems with what the user gave us: one clear line, no traceback.
+    except UtkfaceError as error:
+        if args.debug:
+            raise
         print(f"utkface {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """What a user's input or setup can cause: bad files, settings, missing extras (their
-    ImportError names the extra to install), a failed export parity check."""
-    from utkface.checkpoint import CheckpointError
-    from utkface.evaluate import EvaluationError
-    from utkface.export import ParityError
-    from utkface.images import ImageError
-    from utkface.models import PretrainedWeightsError
-    from utkface.sources import SourceError
-
-    return (
-        CheckpointError,
-        EvaluationError,
-        ImageError,
-        ParityError,
-        PretrainedWeightsError,
-        SourceError,
-        FileNotFoundError,
-        ImportError,
-        ValueError,  # includes ConfigError: a bad option, named with its valid choices
-    )

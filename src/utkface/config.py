@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utkface.errors import OptionError
 from utkface.models import MODEL_NAMES, TASKS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class ConfigError(ValueError):
+class ConfigError(OptionError):
     """A bad setting; the message names the valid choices."""
 
 
@@ -104,19 +105,24 @@ SEED_PRESET = {
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or TOML file of TrainConfig keys."""
     path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib  # Python 3.11+
-
-        values = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        values = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        values = json.loads(text)
-    else:
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
         raise ConfigError(f"{path}: config must be .yaml, .yml, .toml or .json")
+    import yaml
+
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            import tomllib  # Python 3.11+
+
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            values = yaml.safe_load(text) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error.strerror})") from error
+    except (ValueError, yaml.YAMLError) as error:  # TOML and JSON decode errors are ValueErrors
+        raise ConfigError(f"{path}: not a valid config file ({error})") from error
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     return values

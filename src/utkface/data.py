@@ -16,6 +16,7 @@ opens the cache at once.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import mmap
@@ -33,8 +34,9 @@ import PIL
 from tqdm import tqdm
 
 from utkface import images as image_io
+from utkface.errors import OptionError, UtkfaceError
 from utkface.names import GENDERS, LabelError, age_band, parse_name
-from utkface.sources import fingerprint, iter_members
+from utkface.sources import Limits, fingerprint, iter_members
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 2  # bump when the cached pixels or manifest would change (2: no JPEG draft)
@@ -85,7 +87,7 @@ class Dataset(Scan):
 
     def indices(self, split: str) -> np.ndarray:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+            raise OptionError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         return np.array([i for i, r in enumerate(self.records) if r.split == split], dtype=np.int64)
 
     def summary(self) -> str:
@@ -139,8 +141,10 @@ def scan(
     workers: int | None = None,
     progress: bool = False,
     allocate: Callable[[int], np.ndarray] | None = None,
+    limits: Limits | None = None,
 ) -> Scan:
     """Read, label and decode every file of `source`. One bad file never stops the scan.
+    `limits` bounds what is read (see `sources.Limits`; files past them are skipped).
 
     `allocate(n)`, when given, makes the `(n, size, size, 3)` array the pixels are decoded into
     (rows of files that fail to decode are compacted away), so `prepare` can decode straight
@@ -148,7 +152,7 @@ def scan(
     """
     source = Path(source) if source is not None else default_source()
     records, skipped, payloads = [], [], []
-    for member in iter_members(source):
+    for member in iter_members(source, limits):
         if member.problem:
             skipped.append(Skipped(member.name, member.problem))
             continue
@@ -180,11 +184,13 @@ def prepare(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     workers: int | None = None,
     progress: bool = False,
+    limits: Limits | None = None,
 ) -> Dataset:
-    """Scan, split and cache `source`; reuse the cache when inputs and settings match."""
+    """Scan, split and cache `source`; reuse the cache when inputs and settings match.
+    `limits` bounds what is read from `source` (default `sources.Limits()`)."""
     source = Path(source) if source is not None else default_source()
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"split fractions {list(fractions)} must be three numbers summing to 1")
+        raise OptionError(f"split fractions {list(fractions)} must be three numbers summing to 1")
     settings = {
         "version": CACHE_VERSION,
         "source": str(source.resolve()),
@@ -194,14 +200,16 @@ def prepare(
         "fractions": [float(f) for f in fractions],
         "pillow": PIL.__version__,  # another decoder version may give other pixels
     }
+    if limits is not None and limits != Limits():  # other limits may skip other files
+        settings["limits"] = dataclasses.asdict(limits)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache_dir = Path(out or default_cache()) / f"{source.name.split('.')[0]}-{size}px-{key}"
     if not (cache_dir / "meta.json").is_file():
-        _build_cache(source, settings, cache_dir, workers, progress)
+        _build_cache(source, settings, cache_dir, workers, progress, limits)
     return _open_cache(cache_dir)
 
 
-def _build_cache(source, settings, cache_dir: Path, workers, progress) -> None:
+def _build_cache(source, settings, cache_dir: Path, workers, progress, limits) -> None:
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
     try:
@@ -212,7 +220,7 @@ def _build_cache(source, settings, cache_dir: Path, workers, progress) -> None:
                 building / "pixels.npy", mode="w+", dtype=np.uint8, shape=(count, side, side, 3)
             )
 
-        result = scan(source, side, workers, progress, allocate=allocate)
+        result = scan(source, side, workers, progress, allocate=allocate, limits=limits)
         if len(result.images) < len(np.load(building / "pixels.npy", mmap_mode="r")):
             np.save(building / "images.npy", result.images)  # some failed: keep only kept rows
         del result.images
@@ -252,7 +260,9 @@ def _open_cache(cache_dir: Path) -> Dataset:
     with open(cache_dir / "skipped.csv", newline="") as file:
         skipped = [Skipped(row["file"], row["reason"]) for row in csv.DictReader(file)]
     if len(records) != len(images):
-        raise ValueError(f"{cache_dir}: cache is inconsistent; delete the folder and prepare again")
+        raise UtkfaceError(
+            f"{cache_dir}: cache is inconsistent; delete the folder and prepare again"
+        )
     return Dataset(images=images, records=records, skipped=skipped, cache_dir=cache_dir)
 
 
@@ -273,6 +283,8 @@ def _decode_into(job: tuple[int, bytes, int]) -> tuple[int, str | None]:
         return index, None
     except image_io.ImageError as error:
         return index, str(error)
+    except Exception as error:  # a decoder bug on one odd file must not stop the other 20,000
+        return index, f"unexpected error while decoding ({type(error).__name__}: {error})"
 
 
 def _decode_all(payloads: list[bytes], size: int, target: np.ndarray, workers, progress) -> list:

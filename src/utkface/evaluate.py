@@ -34,6 +34,7 @@ from utkface import data as data_module
 from utkface import metrics, plots
 from utkface.atomic import atomic_write
 from utkface.checkpoint import load_checkpoint
+from utkface.errors import UtkfaceError
 from utkface.inference import predict_arrays
 from utkface.models import INTERVAL
 from utkface.names import RACES
@@ -45,7 +46,7 @@ SPLIT_CHOICES = (*data_module.SPLITS, ALL)
 SKIPPED_LISTED = 200  # report.json lists at most this many skipped files (all are counted)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UtkfaceError, ValueError):
     """Nothing to score, or a request that cannot be met; the message says why."""
 
 

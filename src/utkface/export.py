@@ -1,6 +1,7 @@
 """ONNX export with a parity check, and the ONNX Runtime backend for `Predictor`.
 
     utkface export --checkpoint runs/x/best.pt --format onnx [--out best.onnx]
+    utkface export --checkpoint runs/x/best.pt --format safetensors [--half]  # pickle-free
 
 The exported graph is the whole prediction after decoding, so a consumer needs no Python:
 
@@ -33,7 +34,8 @@ from torch import nn
 
 from utkface import __version__
 from utkface.atomic import atomic_write
-from utkface.checkpoint import load_checkpoint
+from utkface.checkpoint import CheckpointError, load_checkpoint, safetensors_bytes
+from utkface.errors import MissingExtra, OptionError, UtkfaceError
 from utkface.images import ImageError, load_rgb
 from utkface.inference import predict_arrays
 from utkface.models import decode_outputs
@@ -56,12 +58,23 @@ TOLERANCE = {
     "race_prob": 1e-3,
     "age_probs": 1e-3,
 }
+# float16 weights vs the float32 checkpoint (safetensors --half): about twice the largest
+# differences over the 2,137 val faces of the baseline (0.12 years, P(female) 0.012; see
+# BENCHMARKS.md, "Checkpoint formats"), small against an age MAE of ~5 years.
+HALF_TOLERANCE = {
+    "age": 0.25,
+    "age_low": 1.0,
+    "age_high": 1.0,
+    "gender_prob": 0.02,
+    "race_prob": 0.02,
+    "age_probs": 0.02,
+}
 PARITY_IMAGES = 32  # real crops the parity check runs by default
 META_PREFIX = "utkface."
 INSTALL_HINT = "ONNX support is an optional extra: pip install 'utkface[onnx]'"
 
 
-class ParityError(AssertionError):
+class ParityError(UtkfaceError, AssertionError):
     """ONNX Runtime and PyTorch disagree beyond tolerance; the message gives the numbers."""
 
 
@@ -204,14 +217,14 @@ def parity_images(
         # UTKFace archives are sorted by age: take every 8th file for some variety.
         payloads = [m.data for m in itertools.islice(members, 0, count * 8, 8)]
         if not payloads:
-            raise ValueError(f"{source}: no images found for the parity check")
+            raise OptionError(f"{source}: no images found for the parity check")
         return np.stack([load_rgb(data, size) for data in payloads])
     decoded = []
     for item in images:
         try:
             decoded.append(load_rgb(item, size))
         except ImageError as error:
-            raise ValueError(f"parity image {item!r}: {error}") from error
+            raise OptionError(f"parity image {item!r}: {error}") from error
     return np.stack(decoded)
 
 
@@ -225,32 +238,83 @@ def check_parity(
     """Max abs difference per output, ONNX Runtime vs `inference.predict_arrays`, on the batch
     and on its first image alone (which also exercises the dynamic batch axis). Raises
     `ParityError` when any difference exceeds its tolerance (default `TOLERANCE`)."""
-    tolerance = {**TOLERANCE, **(tolerance or {})}
     backend = OnnxBackend(onnx_model)
     expected = predict_arrays(model, preprocess, images)
     got_batch, got_single = backend(images), backend(images[:1])
-    if set(got_batch) != set(expected):
-        raise ParityError(f"outputs differ: onnx {sorted(got_batch)}, torch {sorted(expected)}")
+    return compare_outputs(
+        expected, got_batch, {**TOLERANCE, **(tolerance or {})}, "ONNX Runtime", got_single
+    )
+
+
+def compare_outputs(
+    expected: dict[str, np.ndarray],
+    got: dict[str, np.ndarray],
+    tolerance: dict[str, float],
+    what: str,
+    got_first: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Max abs difference per output of `got` (and `got_first`, the first image alone) from
+    `expected` (PyTorch); `ParityError` naming `what` when one exceeds its tolerance."""
+    if set(got) != set(expected):
+        raise ParityError(f"outputs differ: {what} {sorted(got)}, PyTorch {sorted(expected)}")
     differences = {}
     for name, want in expected.items():
-        differences[name] = float(
-            max(np.abs(got_batch[name] - want).max(), np.abs(got_single[name] - want[:1]).max())
-        )
+        difference = np.abs(got[name] - want).max(initial=0.0)
+        if got_first is not None:
+            difference = max(difference, np.abs(got_first[name] - want[:1]).max(initial=0.0))
+        differences[name] = float(difference)
     failed = {name: d for name, d in differences.items() if not d <= tolerance[name]}
     if failed:
         raise ParityError(
-            "ONNX Runtime differs from PyTorch beyond tolerance: "
+            f"{what} differs from PyTorch beyond tolerance: "
             + ", ".join(f"{name} {d:.3g} > {tolerance[name]:g}" for name, d in failed.items())
         )
     return differences
 
 
-def format_parity(differences: dict[str, float], count: int) -> str:
-    rows = [f"parity ONNX Runtime vs PyTorch on {count} images, max abs difference:"]
+def format_parity(
+    differences: dict[str, float], count: int, what: str = "ONNX Runtime", tolerance=None
+) -> str:
+    tolerance = tolerance or TOLERANCE
+    rows = [f"parity {what} vs PyTorch on {count} images, max abs difference:"]
     rows += [
-        f"  {name:12s} {d:.3g} (tolerance {TOLERANCE[name]:g})" for name, d in differences.items()
+        f"  {name:12s} {d:.3g} (tolerance {tolerance[name]:g})" for name, d in differences.items()
     ]
     return "\n".join(rows)
+
+
+def export_safetensors(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    half: bool = False,
+    check: bool = True,
+    images: str | os.PathLike | Sequence | np.ndarray | None = None,
+    verbose: bool = True,
+    tolerance: dict[str, float] | None = None,
+) -> Path:
+    """Write `checkpoint` as one pickle-free `.safetensors` file (weights + JSON metadata, see
+    `checkpoint.py`) at `out` (default: beside it, `.safetensors` or `.fp16.safetensors`);
+    `half` stores float16 weights. `check` reloads the bytes and compares predictions with the
+    checkpoint's on `images` (as in `export_onnx`): identical for float32, within
+    `tolerance` (default `HALF_TOLERANCE`) for float16; otherwise `ParityError` and nothing is
+    written."""
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out else checkpoint.with_suffix(".fp16" * half + ".safetensors")
+    model, meta = load_checkpoint(checkpoint)
+    blob = safetensors_bytes(model, meta, torch.float16 if half else torch.float32)
+    if check:
+        tolerance = {**HALF_TOLERANCE, **(tolerance or {})} if half else dict.fromkeys(TOLERANCE, 0)
+        batch = parity_images(images, meta["preprocess"].size)
+        expected = predict_arrays(model, meta["preprocess"], batch)
+        got = predict_arrays(load_checkpoint(blob)[0], meta["preprocess"], batch)
+        what = f"safetensors {'float16' if half else 'float32'}"
+        differences = compare_outputs(expected, got, tolerance, what)
+        if verbose:
+            print(format_parity(differences, len(batch), what, tolerance))
+    atomic_write(out, blob)
+    if verbose:
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return out
 
 
 class OnnxBackend:
@@ -283,7 +347,7 @@ class OnnxBackend:
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta = _decode_metadata(props)
         if "preprocess" not in self.meta:
-            raise ValueError(f"{self._name(model)}: not a utkface ONNX export (no metadata)")
+            raise CheckpointError(f"{self._name(model)}: not a utkface ONNX export (no metadata)")
         self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
         self.outputs = [output.name for output in self.session.get_outputs()]
         self._shapes = [(output.name, output.shape) for output in self.session.get_outputs()]
@@ -319,7 +383,7 @@ def _require(module: str):
     try:
         return __import__(module)
     except ImportError as error:
-        raise ImportError(f"{INSTALL_HINT} (missing module {module!r})") from error
+        raise MissingExtra(f"{INSTALL_HINT} (missing module {module!r})") from error
 
 
 def _is_image_name(name: str) -> bool:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from utkface.errors import MissingExtra
 from utkface.images import RESAMPLE, square_resize
 
 CROP_SCALE = 1.13  # UTKFace crop side / dlib box side
@@ -63,7 +64,7 @@ INSTALL_HINT = "face detection is an optional extra: pip install 'utkface[detect
 Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels
 
 
-class DetectorUnavailable(ImportError):
+class DetectorUnavailable(MissingExtra):
     """dlib is not installed; the message names the extra that installs it."""
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from utkface.errors import UtkfaceError
+
 # Larger inputs are refused rather than decoded: a 10k x 10k photo is plenty for a face.
 MAX_PIXELS = 100_000_000
 RESAMPLE = Image.Resampling.BILINEAR
@@ -38,7 +40,7 @@ MIN_FACE_SIDE = 24
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
-class ImageError(ValueError):
+class ImageError(UtkfaceError, ValueError):
     """An input that cannot be turned into an RGB image; the message says why."""
 
 

@@ -20,6 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
+from utkface.errors import OptionError, UtkfaceError
 from utkface.names import NUM_AGES, RACES
 from utkface.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -39,7 +40,7 @@ TASK_OUTPUTS = {"age": NUM_AGES, "gender": 1, "race": len(RACES)}
 INTERVAL = (0.1, 0.9)  # the age interval is the 10th..90th percentile of the age distribution
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UtkfaceError, RuntimeError):
     """ImageNet weights were asked for but could not be loaded."""
 
 
@@ -121,7 +122,7 @@ MODELS: dict[str, ModelEntry] = {
 
 def model_entry(name: str) -> ModelEntry:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise OptionError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     return MODELS[name]
 
 
@@ -136,7 +137,7 @@ def build_model(
     if entry.tasks is None:
         unknown = [task for task in tasks if task not in TASKS]
         if unknown or not tasks:
-            raise ValueError(
+            raise OptionError(
                 f"unknown or empty tasks {list(tasks)}; choose from {', '.join(TASKS)}"
             )
     return entry.build(tasks, pretrained, **kwargs)

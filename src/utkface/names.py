@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from utkface.errors import UtkfaceError
+
 MAX_AGE = 116
 NUM_AGES = MAX_AGE + 1
 GENDERS = ("male", "female")  # index = label
@@ -20,7 +22,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _NAME = re.compile(r"^\s*(?P<age>\d+)_(?P<gender>\d+)(?:_(?P<race>\d+))?(?:_(?P<rest>.*))?$")
 
 
-class LabelError(ValueError):
+class LabelError(UtkfaceError, ValueError):
     """A file name that carries no usable label; the message says why."""
 
 

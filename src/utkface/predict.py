@@ -44,6 +44,7 @@ from PIL import Image
 
 from utkface import faces as face_finder
 from utkface.checkpoint import load_checkpoint
+from utkface.errors import OptionError
 from utkface.images import ImageError, ImageSource, open_rgb, square_resize
 from utkface.inference import predict_arrays
 from utkface.names import GENDERS, RACES
@@ -120,7 +121,7 @@ class Predictor:
     ):
         _check_mode(faces)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise OptionError(f"batch_size must be at least 1, got {batch_size}")
         self.backend, self.backend_name = backend, backend_name
         self.meta, self.size = backend.meta, backend.preprocess.size
         self.faces, self.batch_size = faces, batch_size
@@ -135,7 +136,7 @@ class Predictor:
         cls, path: str | os.PathLike, device: str = "cpu", backend: str = "torch", **kwargs
     ) -> Predictor:
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         return cls(BACKENDS[backend](path, device=device), backend_name=backend, **kwargs)
 
     def predict(self, images, faces: str | None = None) -> Prediction | list[Prediction]:
@@ -261,7 +262,7 @@ def _ignore_sigint() -> None:
 
 def _check_mode(faces: str) -> None:
     if faces not in FACE_MODES:
-        raise ValueError(f"unknown faces mode {faces!r}; choose one of {', '.join(FACE_MODES)}")
+        raise OptionError(f"unknown faces mode {faces!r}; choose one of {', '.join(FACE_MODES)}")
 
 
 # ---- files in, files out: the library side of `utkface predict` --------------------------------

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from utkface.atomic import atomic_open
+from utkface.errors import OptionError
 from utkface.images import open_rgb
 from utkface.predict import FaceResult, Prediction, Predictor
 from utkface.predict_inputs import Item, count_inputs, iter_inputs
@@ -107,17 +108,17 @@ def open_output(
     """The `PartWriter` for `--out`, and the single file its parts are joined into (if any)."""
     if out is None:
         if resume:
-            raise ValueError("--resume needs --out (the results to continue)")
+            raise OptionError("--resume needs --out (the results to continue)")
         return None, None
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix in FILE_SUFFIXES:
         if out_format not in (None, suffix[1:]):
-            raise ValueError(f"--out {out} is {suffix[1:]}, not --format {out_format}")
+            raise OptionError(f"--out {out} is {suffix[1:]}, not --format {out_format}")
         parts = out.with_name(out.name + ".parts")
         return PartWriter(parts, suffix[1:], resume, part_size), out
     if suffix and not out.is_dir():
-        raise ValueError(
+        raise OptionError(
             f"--out {out}: unknown suffix; choose one of {', '.join(FILE_SUFFIXES)}, "
             "or a folder (no suffix) for part files"
         )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from glob import iglob
 from pathlib import Path
 
+from utkface.errors import OptionError
 from utkface.names import IMAGE_SUFFIXES
 
 FOLDER_SUFFIXES = IMAGE_SUFFIXES + (".tif", ".tiff", ".gif")  # what a folder input picks up
@@ -46,9 +47,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 0/4") from None
+        raise OptionError(f"--shard {text!r}: expected K/N, e.g. 0/4") from None
     if not 0 <= index < count:
-        raise ValueError(f"--shard {text!r}: need 0 <= K < N")
+        raise OptionError(f"--shard {text!r}: need 0 <= K < N")
     return index, count
 
 
@@ -155,7 +156,7 @@ def _path_column(path: Path, columns: Sequence[str]) -> str:
     for column in MANIFEST_COLUMNS:
         if column in columns:
             return column
-    raise ValueError(f"{path.name} has no 'path' or 'file' column (columns: {list(columns)})")
+    raise OptionError(f"{path.name} has no 'path' or 'file' column (columns: {list(columns)})")
 
 
 def _nothing_found(path: Path) -> str:

@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from utkface.atomic import atomic_open
+from utkface.errors import MissingExtra, OptionError
 from utkface.predict import Prediction
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -92,14 +93,14 @@ class PartWriter:
         part_seconds: float = 60.0,
     ):
         if fmt not in FORMATS:
-            raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            raise OptionError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
         if fmt == "parquet":
             _pyarrow()  # before any work
         self.folder, self.fmt = Path(folder), fmt
         self.part_size, self.part_seconds = max(1, part_size), part_seconds
         parts = list_parts(self.folder)
         if parts and not resume:
-            raise ValueError(
+            raise OptionError(
                 f"{self.folder} already holds {len(parts)} part files of an earlier run: "
                 "add --resume to continue it, or choose another --out"
             )
@@ -194,4 +195,4 @@ def _pyarrow(module: str = ""):
 
         return pa
     except ImportError as error:
-        raise ImportError(PARQUET_HINT) from error
+        raise MissingExtra(PARQUET_HINT) from error

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utkface.errors import MissingExtra, OptionError
 from utkface.predict import BACKENDS, FaceResult, Prediction, fill_face, prepare_input
 from utkface.predict_files import RunSummary
 from utkface.predict_inputs import FOLDER_SUFFIXES, in_shard, iter_inputs
@@ -41,7 +42,7 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError as error:
-        raise ImportError(INSTALL_HINT) from error
+        raise MissingExtra(INSTALL_HINT) from error
     return ray
 
 
@@ -63,10 +64,10 @@ def predict_ray(
     connects to `address`, else starts a local one. Returns the counts of what was written."""
     ray = require_ray()
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     local_out = "://" not in str(out)
     if local_out and Path(out).is_dir() and any(Path(out).glob("*.parquet")):
-        raise ValueError(f"{out} already holds Parquet files; choose another --out")
+        raise OptionError(f"{out} already holds Parquet files; choose another --out")
     model_bytes = Path(checkpoint).read_bytes()  # before starting anything
     size = _model_size(checkpoint, backend)
     if not ray.is_initialized():
@@ -87,7 +88,7 @@ def predict_ray(
                 for row in csv_rows(p)]  # fmt: skip
         datasets.append(ray.data.from_items(rows))
     if not datasets:
-        raise ValueError("no inputs")
+        raise OptionError("no inputs")
     dataset = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     results = dataset.map_batches(
         _Model,

@@ -44,6 +44,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 
 from utkface import images as image_io
+from utkface.errors import OptionError
 from utkface.serve_limits import Admission, ApiError, BodyLimit
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def create_app(
         predictor = model
     accepted = dict(accepted_types or ACCEPTED_TYPES)
     if max_pixels > image_io.MAX_PIXELS:
-        raise ValueError(f"max_pixels {max_pixels} is above images.MAX_PIXELS")
+        raise OptionError(f"max_pixels {max_pixels} is above images.MAX_PIXELS")
     page = resources.files("utkface").joinpath("static/index.html").read_text(encoding="utf-8")
     gate = admission or Admission()
     info = {

@@ -31,6 +31,8 @@ from typing import TypeVar
 import anyio
 from fastapi.responses import JSONResponse
 
+from utkface.errors import OptionError
+
 CONCURRENCY = 1  # predictions at once per worker: one forward pass already uses every core
 QUEUE = 16  # requests that may wait per worker beyond those running
 UPLOAD_TIMEOUT_S = 30.0  # seconds to receive a body: 10 MB needs about 3 Mbit/s
@@ -67,9 +69,11 @@ class Admission:
         queue_timeout: float = QUEUE_TIMEOUT_S,
     ):
         if concurrency < 1 or queue < 0:
-            raise ValueError(f"concurrency must be >= 1 and queue >= 0, got {concurrency}, {queue}")
+            raise OptionError(
+                f"concurrency must be >= 1 and queue >= 0, got {concurrency}, {queue}"
+            )
         if upload_timeout <= 0 or queue_timeout <= 0:
-            raise ValueError("upload_timeout and queue_timeout must be positive seconds")
+            raise OptionError("upload_timeout and queue_timeout must be positive seconds")
         self.concurrency, self.queue = concurrency, queue
         self.upload_timeout, self.queue_timeout = upload_timeout, queue_timeout
         self.admitted = 0  # requests between admission and their answer

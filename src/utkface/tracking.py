@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from utkface.errors import OptionError
 from utkface.faces import Box, box_iou
 from utkface.models import INTERVAL, age_quantile
 
@@ -79,7 +80,7 @@ class Tracker:
         max_tracks: int = 64,
     ):
         if not 0 < iou_threshold <= 1 or tau_s <= 0 or max_missed_s < 0 or max_tracks < 1:
-            raise ValueError("need 0 < iou_threshold <= 1, tau_s > 0, max_missed_s >= 0")
+            raise OptionError("need 0 < iou_threshold <= 1, tau_s > 0, max_missed_s >= 0")
         self.iou_threshold, self.max_missed_s, self.tau_s = iou_threshold, max_missed_s, tau_s
         self.max_tracks = max_tracks
         self.tracks: dict[int, Track] = {}

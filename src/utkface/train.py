@@ -30,7 +30,7 @@ from tqdm import tqdm
 from utkface.atomic import atomic_write
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec
-from utkface.config import TrainConfig
+from utkface.config import ConfigError, TrainConfig
 from utkface.data import Dataset, prepare
 from utkface.ema import WeightAverage
 from utkface.losses import multitask_loss
@@ -89,7 +89,10 @@ def train(
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The resolved config a run folder was started with (for `--resume`)."""
-    return TrainConfig(**json.loads((Path(run_dir) / "config.json").read_text()))
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder to resume (no config.json)")
+    return TrainConfig(**json.loads(path.read_text()))
 
 
 def _train_seed_pair(config, dataset, out, cluster, resume, subset, progress, report_test, on_step):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from utkface.atomic import atomic_open
+from utkface.errors import MissingExtra, UtkfaceError
 
 VIDEO_SUFFIXES = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
@@ -34,11 +35,11 @@ FALLBACK_FPS = 25.0  # for a stream that declares no frame rate
 TRUNCATION_FRAMES = 2
 
 
-class VideoUnavailable(ImportError):
+class VideoUnavailable(MissingExtra):
     """PyAV is not installed; the message names the extra that installs it."""
 
 
-class VideoError(Exception):
+class VideoError(UtkfaceError):
     """A video that cannot be read (or not to its end); the message names the file."""
 
 

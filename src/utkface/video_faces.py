@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from utkface import faces as face_finder
+from utkface.errors import OptionError
 from utkface.predict import FaceResult, fill_face
 from utkface.tracking import Estimate, Tracker
 
@@ -64,7 +65,7 @@ class FaceStream:
         self, predictor, every: int = DEFAULT_EVERY, upsample: int = 0, tracker=None, **options
     ):
         if every < 1:
-            raise ValueError(f"every must be at least 1, got {every}")
+            raise OptionError(f"every must be at least 1, got {every}")
         face_finder.require_detector()  # before the first frame, naming the extra
         self.predictor, self.every, self.upsample = predictor, every, upsample
         self.tracker = tracker or Tracker(**options)

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utkface.atomic import atomic_open
+from utkface.errors import OptionError
 from utkface.predict import Prediction, Predictor
 from utkface.video import VideoError, VideoWriter, probe, read_frames
 from utkface.video_faces import DEFAULT_EVERY, FaceStream, FrameResult
@@ -84,9 +85,11 @@ def predict_videos(
     printed); errors go to stderr and into `out`, and the next video goes on."""
     suffix = Path(out).suffix.lower() if out else None
     if every < 1 or (max_frames is not None and max_frames < 1):
-        raise ValueError(f"--every and --max-frames must be at least 1, got {every}, {max_frames}")
+        raise OptionError(f"--every and --max-frames must be at least 1, got {every}, {max_frames}")
     if out and suffix not in OUTPUT_SUFFIXES:  # before any work
-        raise ValueError(f"--out {out}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}")
+        raise OptionError(
+            f"--out {out}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}"
+        )
     report = report or (lambda line: print(line))
     summary = VideoSummary()
     with ExitStack() as stack:

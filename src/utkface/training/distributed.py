@@ -18,6 +18,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from utkface.config import ConfigError
+
 T = TypeVar("T")
 # Rank 0 may spend a long time preparing the data while the others wait for it.
 PREPARE_TIMEOUT = timedelta(hours=3)
@@ -65,7 +67,7 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available")
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
     return torch.device(name)
 
 

@@ -1,0 +1,24 @@
+"""The project's error types: what a user's input or setup can cause, as opposed to bugs.
+
+Every error a user can fix (a bad file, option or setting, a missing optional extra) derives
+from `UtkfaceError`, and its message names the file or option and the problem. The command line
+prints those as one line and exits with status 2; any other exception is a bug and keeps its
+traceback. The concrete types live beside the code that raises them (`CheckpointError` in
+`checkpoint.py`, `ImageError` in `images.py`, `SourceError` in `sources.py`, `ConfigError` in
+`config.py`, ...); each also derives from the builtin it used to be (ValueError, ImportError,
+...), so existing `except ValueError` code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class UtkfaceError(Exception):
+    """A problem with the user's input or setup; the message says what to fix."""
+
+
+class OptionError(UtkfaceError, ValueError):
+    """A bad option or argument value; the message names the valid choices."""
+
+
+class MissingExtra(UtkfaceError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -1,0 +1,82 @@
+"""Command-line error handling: user errors (`UtkfaceError`) are one line and exit status 2,
+anything else is a bug and keeps its traceback; `--debug` shows the traceback for both."""
+
+from __future__ import annotations
+
+import pytest
+
+from utkface import data
+from utkface.checkpoint import CheckpointError
+from utkface.cli import main
+from utkface.config import ConfigError
+from utkface.errors import MissingExtra, OptionError, UtkfaceError
+from utkface.evaluate import EvaluationError
+from utkface.export import ParityError
+from utkface.faces import DetectorUnavailable
+from utkface.images import ImageError
+from utkface.models import PretrainedWeightsError
+from utkface.names import LabelError
+from utkface.sources import SourceError
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CheckpointError,
+        ConfigError,
+        DetectorUnavailable,
+        EvaluationError,
+        ImageError,
+        LabelError,
+        ParityError,
+        PretrainedWeightsError,
+        SourceError,
+    ],
+)
+def test_every_user_error_is_a_utkface_error(error):
+    assert issubclass(error, UtkfaceError)
+
+
+def _fail_with(monkeypatch, error: BaseException) -> None:
+    def prepare(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(data, "prepare", prepare)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OptionError("--size must be positive"), MissingExtra("pip install 'utkface[onnx]'")],
+)
+def test_a_user_error_is_one_line_and_exit_status_2(monkeypatch, capsys, error):
+    _fail_with(monkeypatch, error)
+    assert main(["prepare", "--data", "x"]) == 2
+    assert capsys.readouterr().err == f"utkface prepare: error: {error}\n"
+
+
+@pytest.mark.parametrize(
+    "error", [ValueError("a bug"), FileNotFoundError(2, "a bug"), ImportError("a bug"), KeyError()]
+)
+def test_any_other_error_is_a_bug_and_keeps_its_traceback(monkeypatch, capsys, error):
+    _fail_with(monkeypatch, error)
+    with pytest.raises(type(error)) as raised:
+        main(["prepare", "--data", "x"])
+    assert raised.value is error and capsys.readouterr().err == ""
+
+
+def test_debug_shows_the_traceback_of_user_errors_too(monkeypatch):
+    error = SourceError("x: no such file or folder")
+    _fail_with(monkeypatch, error)
+    with pytest.raises(SourceError) as raised:
+        main(["--debug", "prepare", "--data", "x"])
+    assert raised.value is error
+
+
+def test_a_missing_config_or_run_folder_is_a_user_error(tmp_path, capsys):
+    for args, message in (
+        (["--config", str(tmp_path / "nope.yaml")], "nope.yaml: cannot read the config file"),
+        (["--resume", str(tmp_path)], "not a run folder to resume (no config.json)"),
+    ):
+        assert main(["train", *args]) == 2
+        error = capsys.readouterr().err
+        assert message in error and len(error.splitlines()) == 1, error
