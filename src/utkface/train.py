@@ -149,7 +149,7 @@ class Trainer:
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.images[self.split["train"]]))
         labels = dataset.labels(self.split["train"])
         self.labels = {key: torch.from_numpy(value) for key, value in labels.items()}
-        self.augment = Augment() if config.augment else None
+        self.augment = Augment(photo=config.photo_augment) if config.augment else None
 
     # ---------------------------------------------------------------------------------------
     def run(self, resume: bool, on_step, report_test: bool = True) -> dict:
@@ -279,10 +279,9 @@ class Trainer:
     def _step(self, net, optimizer, batch: torch.Tensor, aug_rng: torch.Generator):
         images = self.images[batch].to(self.device, non_blocking=True)
         labels = {key: value[batch].to(self.device) for key, value in self.labels.items()}
-        x = self.preprocess(images)
         if self.augment is not None:
-            x = self.augment(x, aug_rng)
-        raw = net(x)
+            images = self.augment(images, aug_rng)  # uint8 in, uint8 out
+        raw = net(self.preprocess(images))
         loss, parts = multitask_loss(
             raw, labels, self.config.loss_weights, self.config.age_sigma, self.config.age_l1_weight
         )
