@@ -189,7 +189,8 @@ class Predictor:
             return _Prepared(prediction, pixels[None])
         prediction.mode = "detect"
         prediction.faces = [FaceResult(box=face.box, score=face.score) for face in found]
-        crops = [face_finder.crop_face(image, face.crop, self.size) for face in found]
+        pixels = np.asarray(image)
+        crops = [face_finder.crop_face(pixels, face.chip, self.size) for face in found]
         return _Prepared(prediction, np.stack(crops) if crops else empty)
 
     def _finish(self, pending: list[_Prepared]) -> Iterator[Prediction]:
