@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utkface import data, plots
+from utkface import corruptions, data, plots
 from utkface.checkpoint import model_spec, save_checkpoint
 from utkface.cli import main
 from utkface.evaluate import EvaluationError, evaluate
@@ -260,3 +260,19 @@ def test_real_data_slice(checkpoint, tmp_path):
     assert report["age"]["n"] == report["gender"]["n"] == report["n"] > 40
     assert 0.0 <= report["gender"]["accuracy"] <= 1.0
     assert (tmp_path / "out" / "report.json").is_file()
+
+
+def test_corruptions_add_the_utkface_c_table(checkpoint, faces, tmp_path):
+    out = tmp_path / "report"
+    report = evaluate(
+        checkpoint, data=faces, out=out, device="cpu", corruptions=True, make_plots=False
+    )
+    block = report["corruptions"]
+    assert block["n"] == report["n"]  # the same files, decoded again at full size
+    assert [row["condition"] for row in block["rows"]] == ["clean", *corruptions.CORRUPTIONS]
+    assert block["rows"][0]["age_mae"] == pytest.approx(report["age"]["mae"], abs=1e-3)
+    increases = [row["age_mae_increase"] for row in block["rows"][1:]]
+    assert block["mean_age_mae_increase"] == pytest.approx(np.mean(increases))
+    markdown = (out / "report.md").read_text()
+    assert "## Photo conditions (UTKFace-C)" in markdown and "| low_res32 |" in markdown
+    assert "mean of conditions" in summary(report)
