@@ -165,7 +165,7 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     """(H, W, 3) uint8 through a JPEG file of `quality` (PIL's libjpeg, 4:2:0) and back."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    return np.array(Image.open(buffer).convert("RGB"))  # writable, for torch.from_numpy
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
