@@ -84,6 +84,11 @@ def test_plan_and_markdown(tmp_path):
             r"4 crop files, batch 2, --faces auto +\d+\.\d+ images/s",
         ),
         (
+            "augment_speed",
+            ["--batch", "4", "--size", "32", "--repeat", "1", "--photo", "0", "1"],
+            r"photo=1 +\d+\.\d+ ms",
+        ),
+        (
             "serve_load",
             ["--requests", "6", "--clients", "2", "--seconds", "30"],
             r"\d+ requests in .* errors 0 \{200: \d+\}",

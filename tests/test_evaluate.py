@@ -276,3 +276,12 @@ def test_corruptions_add_the_utkface_c_table(checkpoint, faces, tmp_path):
     markdown = (out / "report.md").read_text()
     assert "## Photo conditions (UTKFace-C)" in markdown and "| low_res32 |" in markdown
     assert "mean of conditions" in summary(report)
+
+
+def test_robustness_benchmark_prints_the_table(checkpoint, faces, capsys):
+    from benchmarks import robustness
+
+    result = robustness.main([str(checkpoint), "--data", str(faces), "--split", "test"])
+    printed = capsys.readouterr().out
+    assert f"UTKFace-C on {result['n']} faces of the test split" in printed
+    assert "| jpeg20 |" in printed and len(result["rows"]) == 1 + len(corruptions.CORRUPTIONS)
