@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from utkface import faces, landmarks
+from utkface.atomic import atomic_write
 from utkface.data import default_source, split_of
 from utkface.images import RESAMPLE
 from utkface.names import parse_name
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--points", type=int, default=68, choices=landmarks.POINT_COUNTS)
     parser.add_argument("--max-angle", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
 
     crops, labels = test_crops(args.data or default_source(), args.count)
@@ -161,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"), gender accuracy {100 * result['photo_gender_acc']:.1f}% vs "
             f"{100 * result['crop_gender_acc']:.1f}%"
         )
+    if args.json:
+        result.update(checkpoint=args.checkpoint, points=args.points, max_angle=args.max_angle)
+        atomic_write(args.json, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -16,6 +16,7 @@ import time
 import torch
 
 from utkface import corruptions
+from utkface.atomic import atomic_write
 from utkface.checkpoint import load_checkpoint
 from utkface.data import default_source
 from utkface.inference import predict_arrays
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print("\n".join(corruption_table(result)))
     if args.json:
-        from utkface.atomic import atomic_write
-
         atomic_write(args.json, json.dumps(result, indent=2) + "\n")
     return result
 
