@@ -31,6 +31,8 @@ Crops: dlib's 68-point landmarks and UTKFace's own chip recipe (`landmarks.py`):
 rotated eyes-level, scaled and cropped exactly as UTKFace's crops were made. A face HOG misses
 in the upright photo is looked for again in copies turned (and scaled) by `RETRIES` (HOG finds
 faces tilted by up to about 15 degrees); its box and landmarks are mapped back into the photo.
+The retries make a photo without any face 7 detections: 0.74 s instead of 0.07 s at 900x600,
+1.3 s instead of 0.1 s at 640x480 (upsampled), 1 thread; `retries=()` turns them off.
 `python -m benchmarks.in_the_wild` measures the recipe on UTKFace test crops pasted into larger
 photos at random size, place and tilt.
 
