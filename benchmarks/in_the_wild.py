@@ -37,7 +37,7 @@ from utkface.names import parse_name
 from utkface.sources import iter_members
 
 
-def test_crops(source: str | Path, count: int, split: str = "test", every: int = 7):
+def split_crops(source: str | Path, count: int, split: str = "test", every: int = 7):
     """(crops, labels) of `count` crops of `split`, taking every `every`-th file of it so they
     spread over the archive: crops (count, 200, 200, 3) uint8, labels {"age", "gender"}."""
     crops, ages, genders = [], [], []
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
 
-    crops, labels = test_crops(args.data or default_source(), args.count)
+    crops, labels = split_crops(args.data or default_source(), args.count)
     started = time.perf_counter()
     photos, found, difference = measure(crops, args.seed, args.points, args.max_angle)
     seconds = time.perf_counter() - started

@@ -117,7 +117,7 @@ def test_recipe_re_makes_utkface_crops_from_their_own_landmarks(crops):
 @needs_dlib
 def test_turned_pasted_faces_are_found_and_cropped_back(real_data):
     """The in-the-wild benchmark in small: 12 test-split crops pasted at up to 30 degrees."""
-    crops, _ = in_the_wild.test_crops(real_data, 12)
+    crops, _ = in_the_wild.split_crops(real_data, 12)
     rng = np.random.default_rng(0)
     found, differences = 0, []
     for crop in crops:
