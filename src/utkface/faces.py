@@ -36,8 +36,9 @@ The retries make a photo without any face 7 detections: 0.74 s instead of 0.07 s
 `python -m benchmarks.in_the_wild` measures the recipe on UTKFace test crops pasted into larger
 photos at random size, place and tilt.
 
-`auto` (`looks_aligned`): of 300 real 200x200 crops, all are taken as crops (IoU of the face's
-crop with the frame >= 0.5 for 298, no face found in a small square image for 2).
+`auto` (`looks_aligned`): of 300 real 200x200 crops (test split, with the landmark crops), all
+are taken as crops (IoU of the face's crop with the frame >= 0.5 for 298, no face found in a
+small square image for 2).
 """
 
 from __future__ import annotations
