@@ -46,6 +46,14 @@ def composite(crops, sides, places, size=(900, 600)) -> tuple[Image.Image, list[
     return canvas, pasted
 
 
+def test_utkface_crop_is_a_scaled_shifted_square():
+    left, top, right, bottom = faces.utkface_crop((100, 50, 200, 150))
+    assert right - left == pytest.approx(100 * faces.CROP_SCALE)
+    assert bottom - top == pytest.approx(100 * faces.CROP_SCALE)
+    assert (left + right) / 2 == pytest.approx(150 + 100 * faces.CROP_SHIFT[0])
+    assert (top + bottom) / 2 == pytest.approx(100 + 100 * faces.CROP_SHIFT[1])
+
+
 def test_chip_corners_turn_about_the_centre():
     chip = landmarks.Chip((100.0, 50.0, 200.0, 150.0), angle=np.pi / 2)
     # A quarter turn: the chip's top-left corner is the square's top-right one.
@@ -62,9 +70,9 @@ def test_chip_corners_turn_about_the_centre():
 def test_crop_face_pads_outside_black_and_resizes():
     image = Image.new("RGB", (100, 80), (200, 100, 50))
     chip = landmarks.Chip((-50.0, 0.0, 50.0, 100.0), angle=0.0)  # left half outside the photo
-    crop = faces.crop_face(image, chip, size=32)
-    assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
-    assert crop[:, :14].max() == 0 and (crop[:10, 18:] == (200, 100, 50)).all()
+    for crop in (faces.crop_face(image, chip, 32), faces.crop_face(image, chip.rect, 32)):
+        assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+        assert crop[:, :14].max() == 0 and (crop[:10, 18:] == (200, 100, 50)).all()
 
 
 def test_missing_dlib_names_the_extra(monkeypatch):
@@ -137,6 +145,15 @@ def test_turned_pasted_faces_are_found_and_cropped_back(real_data):
         assert np.degrees(face.chip.angle) == pytest.approx(own - angle, abs=3)
     assert found >= 11
     assert np.mean(differences) < 8
+
+
+@needs_dlib
+def test_framing_constants_agree_with_a_fresh_measurement(crops):
+    measured = faces.measure_framing(crops[:40], seed=1)
+    assert measured["found"] >= 0.9
+    assert measured["scale"] == pytest.approx(faces.CROP_SCALE, abs=0.06)
+    assert measured["shift_x"] == pytest.approx(faces.CROP_SHIFT[0], abs=0.04)
+    assert measured["shift_y"] == pytest.approx(faces.CROP_SHIFT[1], abs=0.04)
 
 
 @needs_dlib
