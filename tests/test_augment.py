@@ -111,3 +111,14 @@ def test_photo_zero_draws_no_condition_and_unknown_names_fail():
     with pytest.raises(ValueError, match="choose from"):
         Augment(conditions=("sepia",))
     assert len(PHOTO_CONDITIONS) == 8
+
+
+def test_default_generator_is_used_when_none_is_given():
+    """Training may seed torch's default generator per step instead of passing one."""
+    images = batch()
+    augment = Augment(photo=1.0)
+    torch.manual_seed(3)
+    first = augment(images)
+    torch.manual_seed(3)
+    assert torch.equal(augment(images), first)
+    assert not torch.equal(augment(images), first)  # the stream moved on
