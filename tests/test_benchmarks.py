@@ -89,6 +89,11 @@ def test_plan_and_markdown(tmp_path):
             ["--images", "4", "--batch-size", "2", "--repeats", "2"],
             r"4 crop files, batch 2, --faces auto +\d+\.\d+ images/s",
         ),
+        (
+            "augment_speed",
+            ["--batch", "4", "--size", "32", "--repeat", "1", "--photo", "0", "1"],
+            r"photo=1 +\d+\.\d+ ms",
+        ),
         (  # one server with room for one request: 1 client is always served, 3 may get 503s
             "serve_load",
             [

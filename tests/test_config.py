@@ -93,6 +93,8 @@ def test_bad_model_and_device_name_the_choices():
         ({"batch_size": 0}, "batch_size"),
         ({"time_budget": 0}, "time"),
         ({"ema_decay": 1.0}, "ema_decay"),
+        ({"photo_augment": 1.5}, "photo_augment"),
+        ({"photo_augment": -0.1}, "photo_augment"),
     ],
 )
 def test_bad_numbers_fail_at_once(overrides, name):

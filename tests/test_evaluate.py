@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utkface import data, plots
+from utkface import corruptions, data, plots
 from utkface.checkpoint import load_checkpoint, model_spec, save_checkpoint
 from utkface.cli import main
 from utkface.evaluate import EvaluationError, evaluate
@@ -266,3 +266,28 @@ def test_real_data_slice(checkpoint, tmp_path):
     right = female == scanned.labels()["gender"].astype(bool)
     assert report["gender"]["accuracy"] == pytest.approx(right.mean())
     assert (tmp_path / "out" / "report.json").is_file()
+
+
+def test_corruptions_add_the_utkface_c_table(checkpoint, faces, tmp_path):
+    out = tmp_path / "report"
+    report = evaluate(
+        checkpoint, data=faces, out=out, device="cpu", corruptions=True, make_plots=False
+    )
+    block = report["corruptions"]
+    assert block["n"] == report["n"]  # the same files, decoded again at full size
+    assert [row["condition"] for row in block["rows"]] == ["clean", *corruptions.CORRUPTIONS]
+    assert block["rows"][0]["age_mae"] == pytest.approx(report["age"]["mae"], abs=1e-3)
+    increases = [row["age_mae_increase"] for row in block["rows"][1:]]
+    assert block["mean_age_mae_increase"] == pytest.approx(np.mean(increases))
+    markdown = (out / "report.md").read_text()
+    assert "## Photo conditions (UTKFace-C)" in markdown and "| low_res32 |" in markdown
+    assert "mean of conditions" in summary(report)
+
+
+def test_robustness_benchmark_prints_the_table(checkpoint, faces, capsys):
+    from benchmarks import robustness
+
+    result = robustness.main([str(checkpoint), "--data", str(faces), "--split", "test"])
+    printed = capsys.readouterr().out
+    assert f"UTKFace-C on {result['n']} faces of the test split" in printed
+    assert "| jpeg20 |" in printed and len(result["rows"]) == 1 + len(corruptions.CORRUPTIONS)

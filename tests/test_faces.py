@@ -1,6 +1,7 @@
-"""Face detection and UTKFace-style crops: crop geometry, the missing-extra error, faces found
-where real UTKFace crops were pasted on a larger canvas, the auto (already aligned?) decision,
-the framing constants against a fresh measurement, and detection from several threads."""
+"""Face detection and UTKFace's crop recipe: chip geometry, the missing-extra error, faces found
+where real UTKFace crops were pasted on a larger canvas, UTKFace crops re-made from their own
+landmarks and from turned, pasted copies, the auto (already aligned?) decision, the 5-point
+template against a fresh measurement, and detection from several threads."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utkface import faces
+from benchmarks import in_the_wild
+from utkface import faces, landmarks
 from utkface.sources import iter_members
 
 needs_dlib = pytest.mark.skipif(
@@ -50,15 +52,27 @@ def test_utkface_crop_is_a_scaled_shifted_square():
     assert bottom - top == pytest.approx(100 * faces.CROP_SCALE)
     assert (left + right) / 2 == pytest.approx(150 + 100 * faces.CROP_SHIFT[0])
     assert (top + bottom) / 2 == pytest.approx(100 + 100 * faces.CROP_SHIFT[1])
+
+
+def test_chip_corners_turn_about_the_centre():
+    chip = landmarks.Chip((100.0, 50.0, 200.0, 150.0), angle=np.pi / 2)
+    # A quarter turn: the chip's top-left corner is the square's top-right one.
+    assert chip.corners()[0] == pytest.approx([200.0, 50.0])
+    assert chip.bounds() == pytest.approx((100.0, 50.0, 200.0, 150.0))
+    low, high = 50 - 50 * 2**0.5, 50 + 50 * 2**0.5  # an eighth turn: the diagonal stands up
+    turned = landmarks.Chip((0.0, 0.0, 100.0, 100.0), angle=np.pi / 4).bounds()
+    assert turned == pytest.approx((low, low, high, high))
     assert faces.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
     assert faces.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
 
 
+@needs_dlib
 def test_crop_face_pads_outside_black_and_resizes():
     image = Image.new("RGB", (100, 80), (200, 100, 50))
-    crop = faces.crop_face(image, (-50, 0, 50, 100), size=32)  # left half outside the photo
-    assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
-    assert crop[:, :14].max() == 0 and (crop[:10, 18:] == (200, 100, 50)).all()
+    chip = landmarks.Chip((-50.0, 0.0, 50.0, 100.0), angle=0.0)  # left half outside the photo
+    for crop in (faces.crop_face(image, chip, 32), faces.crop_face(image, chip.rect, 32)):
+        assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+        assert crop[:, :14].max() == 0 and (crop[:10, 18:] == (200, 100, 50)).all()
 
 
 def test_missing_dlib_names_the_extra(monkeypatch):
@@ -97,12 +111,55 @@ def test_looks_aligned_on_real_crops_and_not_on_photos(crops):
 
 
 @needs_dlib
+def test_recipe_re_makes_utkface_crops_from_their_own_landmarks(crops):
+    differences = []
+    for crop in crops[:20]:
+        found = faces.detect_faces(Image.fromarray(crop), upsample=0, retries=())
+        if found:
+            again = landmarks.extract_chip(crop, found[0].chip)
+            differences.append(np.abs(again.astype(np.int16) - crop).mean())
+    assert len(differences) >= 18
+    assert np.median(differences) < 6  # grey levels (0..255)
+
+
+@needs_dlib
+def test_turned_pasted_faces_are_found_and_cropped_back(real_data):
+    """The in-the-wild benchmark in small: 12 test-split crops pasted at up to 30 degrees."""
+    crops, _ = in_the_wild.split_crops(real_data, 12)
+    rng = np.random.default_rng(0)
+    found, differences = 0, []
+    for crop in crops:
+        state = rng.bit_generator.state
+        rng.integers(90, 321)
+        angle = float(rng.uniform(-30, 30))  # the tilt wild_photo is about to draw
+        rng.bit_generator.state = state
+        photo, where = in_the_wild.wild_photo(crop, rng)
+        face, again = in_the_wild.recrop(photo, where)
+        if face is None:
+            continue
+        found += 1
+        differences.append(np.abs(again.astype(np.int16) - crop).mean())
+        upright = faces.detect_faces(Image.fromarray(crop), upsample=0, retries=())
+        own = np.degrees(upright[0].chip.angle) if upright else 0.0
+        # The chip turns the face back by the angle it was pasted at (PIL turns counter-clockwise).
+        assert np.degrees(face.chip.angle) == pytest.approx(own - angle, abs=3)
+    assert found >= 11
+    assert np.mean(differences) < 8
+
+
+@needs_dlib
 def test_framing_constants_agree_with_a_fresh_measurement(crops):
     measured = faces.measure_framing(crops[:40], seed=1)
     assert measured["found"] >= 0.9
     assert measured["scale"] == pytest.approx(faces.CROP_SCALE, abs=0.06)
     assert measured["shift_x"] == pytest.approx(faces.CROP_SHIFT[0], abs=0.04)
     assert measured["shift_y"] == pytest.approx(faces.CROP_SHIFT[1], abs=0.04)
+
+
+@needs_dlib
+def test_five_point_template_agrees_with_a_fresh_measurement(crops):
+    measured = landmarks.measure_template(crops[:40])
+    assert measured == pytest.approx(np.asarray(landmarks.FIVE_POINT_TEMPLATE), abs=4)
 
 
 @needs_dlib

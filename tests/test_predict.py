@@ -247,6 +247,12 @@ def test_detect_on_a_composite_of_real_crops(predictor, real_folder, capsys):
             centre_x, centre_y = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
             assert left < centre_x < left + side and top < centre_y < top + side
             check_face(face, expected)
+    # each face's numbers are the model's on that face's UTKFace-style crop
+    found = face_finder.detect_faces(canvas)
+    model, meta = load_checkpoint(predictor.meta["path"])
+    pixels = np.stack([face_finder.crop_face(canvas, face.chip, SIZE) for face in found])
+    want = predict_arrays(model, meta["preprocess"], pixels)
+    np.testing.assert_allclose([f.age for f in result.faces], want["age"], atol=2e-3)
     assert describe(result).startswith("<input 0>: 3 faces: ")
 
 

@@ -69,6 +69,12 @@ def add_evaluate_parser(subparsers) -> None:
     parser.add_argument("--split-seed", type=int, help="split seed (default: the checkpoint's)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--corruptions",
+        action="store_true",
+        help="add UTKFace-C: the split under JPEG, blur, noise, low resolution, grayscale, "
+        "exposure, rotation, shifted and scaled crops (decodes the files again at full size)",
+    )
 
     def run(args) -> int:
         from pathlib import Path
@@ -93,6 +99,7 @@ def add_evaluate_parser(subparsers) -> None:
             workers=args.workers,
             make_plots=not args.no_plots,
             progress=True,
+            corruptions=args.corruptions,
         )
         print(summary(report))
         print(f"written to {out}")

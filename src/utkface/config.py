@@ -42,6 +42,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     dropout: float = 0.2  # before the heads
     augment: bool = True  # flip, zoom/shift/rotate, colour jitter
+    photo_augment: float = 0.0  # share of images given a photo condition (augment.py); 0 = off
     loss_weights: dict[str, float] = field(
         default_factory=lambda: {"age": 1.0, "gender": 4.0, "race": 0.5}
     )  # age is in years (~5), gender and race in nats (~0.2): weights balance them
@@ -73,6 +74,8 @@ class TrainConfig:
                 f"model {self.model!r} takes {SEED_PRESET['size']} px input (the seed's "
                 f"architecture), got size {self.size}"
             )
+        if not 0.0 <= self.photo_augment <= 1.0:
+            raise ConfigError(f"photo_augment must be in [0, 1], got {self.photo_augment}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.time_budget is not None and self.time_budget <= 0:

@@ -78,6 +78,7 @@ def evaluate(
     workers: int | None = None,
     make_plots: bool = True,
     progress: bool = False,
+    corruptions: bool = False,
 ) -> dict:
     """Score `checkpoint` on `data` and return the report dict (written to `out` if given).
 
@@ -85,6 +86,8 @@ def evaluate(
     module docstring for `split`. `cache` is the prepare cache folder and `split_seed` the seed
     of the split (default: the `seed` the checkpoint was trained with, else 0);
     `workers` and `progress` go to the decoding in `data.scan` / `data.prepare`.
+    `corruptions` adds UTKFace-C (`corruptions.py`): the same files under photo conditions,
+    decoded again at full resolution from `data` (a folder or archive).
     """
     started = time.perf_counter()
     if split is not None and split not in SPLIT_CHOICES:
@@ -108,6 +111,8 @@ def evaluate(
         "preprocess": preprocess.to_dict(),
     }
     report["data"] = _data_block(evalset)
+    if corruptions:
+        report["corruptions"] = _corruptions(model, preprocess, data, evalset, tta, batch_size)
     report["settings"] = {"tta": tta, "batch_size": batch_size, "device": str(device)}
     report["timing"] = {
         "load_s": loaded - started,
@@ -132,6 +137,22 @@ def evaluate(
         atomic_write(out / "report.md", markdown(report))
     report["timing"]["total_s"] = time.perf_counter() - started
     return report
+
+
+def _corruptions(model, preprocess, data, evalset: EvalSet, tta: bool, batch_size: int) -> dict:
+    from utkface import corruptions
+
+    if isinstance(data, data_module.Scan):
+        raise EvaluationError("--corruptions needs the data as a folder or archive, not a scan")
+    split = None if evalset.split == ALL else evalset.split
+    # The same files as `evalset` (a split is a function of the name), decoded at full size;
+    # the table's clean row is scored on them, so each change compares like with like.
+    crops = corruptions.load_full_crops(evalset.source, split, evalset.split_seed or 0)
+
+    def predict(images):
+        return predict_arrays(model, preprocess, images, batch_size=batch_size, tta=tta)
+
+    return corruptions.robustness(predict, crops, preprocess.size, progress=True)
 
 
 def load_evalset(

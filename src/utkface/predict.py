@@ -224,7 +224,8 @@ def prepare_input(src: ImageSource, mode: str, size: int, source: str) -> Prepar
             # Refuses an image too small to be a face.
             crops = square_resize(image, size)[None]
         else:
-            crops = [face_finder.crop_face(image, face.crop, size) for face in found]
+            pixels = np.asarray(image)
+            crops = [face_finder.crop_face(pixels, face.chip, size) for face in found]
     except ImageError as error:
         return Prepared(Prediction(source, error=str(error)), empty)
     except Exception as error:  # a decoder bug on one odd file must not stop the run

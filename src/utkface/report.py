@@ -44,6 +44,8 @@ def summary(report: dict) -> str:
         markdown=False,
     )
     lines += _gap_lines(report["breakdowns"])
+    if report.get("corruptions"):
+        lines += corruption_table(report["corruptions"], markdown=False)
     if report["files"]:
         lines.append(f"report: {report['files'].get('markdown')} in the output folder")
     return "\n".join(lines)
@@ -129,6 +131,15 @@ def markdown(report: dict) -> str:
         lines += [f"### {titles[by]}", ""]
         lines += _table(["group", "n", "MAE", "bias", "gender acc"], _group_cells(table["rows"]))
         lines += [""] + [f"- {line}" for line in _gap_lines({by: table}, unranked=True)] + [""]
+    if report.get("corruptions"):
+        lines += [
+            "## Photo conditions (UTKFace-C)",
+            "",
+            f"The same {report['corruptions']['n']} faces, each condition applied to the "
+            "full-resolution crop before resizing (see `corruptions.py`).",
+            "",
+        ]
+        lines += corruption_table(report["corruptions"]) + [""]
     skipped = data["skipped"]
     lines += ["## Skipped files", "", f"{skipped['count']} of {data['seen']} files skipped."]
     for reason, count in skipped["by_reason"].items():
@@ -138,6 +149,36 @@ def markdown(report: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def corruption_table(result: dict, markdown: bool = True) -> list[str]:
+    """UTKFace-C (`corruptions.robustness`) as table lines: each condition's age MAE and gender
+    accuracy with its change from clean, and the mean change over the conditions."""
+    rows = [
+        [
+            row["condition"],
+            _num(row.get("age_mae")),
+            _num(row.get("age_mae_increase"), signed=True),
+            _pct(row.get("gender_acc")),
+            _points(row.get("gender_acc_change")),
+        ]
+        for row in result["rows"]
+    ]
+    rows.append(
+        [
+            "mean of conditions",
+            "",
+            _num(result.get("mean_age_mae_increase"), signed=True),
+            "",
+            _points(result.get("mean_gender_acc_change")),
+        ]
+    )
+    header = ["condition", "age MAE", "change", "gender acc", "change (points)"]
+    return _table(header, rows, markdown)
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}"
 
 
 def _describe_data(data: dict) -> str:

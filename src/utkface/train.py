@@ -144,7 +144,7 @@ class Trainer:
         # Batches are read from the memory-mapped cache (pages shared by every process of a
         # node through the page cache), never copied whole into each rank's memory.
         self.labels = {key: torch.from_numpy(value) for key, value in dataset.labels().items()}
-        self.augment = Augment() if config.augment else None
+        self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
 
     def run(self, resume: bool, on_step=None, report_test: bool = True) -> dict:
@@ -274,10 +274,10 @@ class Trainer:
     def _step(self, net, optimizer, rows: np.ndarray):
         images = torch.from_numpy(self.dataset.images[rows]).to(self.device, non_blocking=True)
         labels = {key: value[rows].to(self.device) for key, value in self.labels.items()}
-        x = self.preprocess(images)
         if self.augment is not None:
-            x = self.augment(x)  # from torch's default generator, seeded for this step
-        raw = net(x)
+            # uint8 in, uint8 out; torch's default generator, seeded for this rank and step
+            images = self.augment(images)
+        raw = net(self.preprocess(images))
         loss, parts = multitask_loss(
             raw, labels, self.config.loss_weights, self.config.age_sigma, self.config.age_l1_weight
         )

@@ -83,7 +83,9 @@ class FaceStream:
         result = FrameResult(self.count, time, picture.width, picture.height, detected=detect)
         self.count += 1
         if detect:
-            found = face_finder.detect_faces(picture, upsample=self.upsample)
+            # No search of turned copies: a frame without a face would cost ~7 detections,
+            # and the next frames will see the face anyway.
+            found = face_finder.detect_faces(picture, upsample=self.upsample, retries=())
             ids = self.tracker.match(time, [face.box for face in found])
             located = [(i, face.box, face.score) for i, face in zip(ids, found)]
         else:
