@@ -238,7 +238,7 @@ def test_detect_on_a_composite_of_real_crops(predictor, real_folder, capsys):
     # each face's numbers are the model's on that face's UTKFace-style crop
     found = face_finder.detect_faces(canvas)
     want = model_says(
-        predictor, np.stack([face_finder.crop_face(canvas, f.crop, SIZE) for f in found])
+        predictor, np.stack([face_finder.crop_face(canvas, f.chip, SIZE) for f in found])
     )
     for mode in ("detect", "auto"):
         result = predictor.predict(canvas, faces=mode)
@@ -247,12 +247,6 @@ def test_detect_on_a_composite_of_real_crops(predictor, real_folder, capsys):
             centre_x, centre_y = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
             assert left < centre_x < left + side and top < centre_y < top + side
             check_face(face, expected)
-    # each face's numbers are the model's on that face's UTKFace-style crop
-    found = face_finder.detect_faces(canvas)
-    model, meta = load_checkpoint(predictor.meta["path"])
-    pixels = np.stack([face_finder.crop_face(canvas, face.chip, SIZE) for face in found])
-    want = predict_arrays(model, meta["preprocess"], pixels)
-    np.testing.assert_allclose([f.age for f in result.faces], want["age"], atol=2e-3)
     assert describe(result).startswith("<input 0>: 3 faces: ")
 
 
