@@ -66,8 +66,9 @@ def assert_same_results(rows: list[dict], reference: dict[str, dict]) -> None:
         for face, want_face in zip(row["faces"], want["faces"]):
             assert face["gender"] == want_face["gender"] and face["box"] == want_face["box"]
             for key in ("age", "age_low", "age_high", "gender_prob"):
-                # float32 sums differ in the last bits with the batch a crop lands in
-                assert face[key] == pytest.approx(want_face[key], rel=1e-5, abs=1e-6), key
+                # float32 sums differ in the last bits with the batch a crop lands in (the tiny test
+                # model amplifies them ~10x)
+                assert face[key] == pytest.approx(want_face[key], rel=1e-4, abs=1e-5), key
 
 
 def test_sigkill_halfway_then_resume_equals_an_uninterrupted_run(

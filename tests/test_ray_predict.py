@@ -60,7 +60,7 @@ def test_ray_engine_matches_the_single_process_path(local_ray, tmp_path):
         assert (row["left"], row["top"], row["right"], row["bottom"]) == (10, 0, 80, 70)
         assert row["gender"] == expected["gender"]
         for key in ("age", "age_low", "age_high", "gender_prob"):
-            assert row[key] == pytest.approx(float(expected[key]), rel=1e-5, abs=1e-6), key
+            assert row[key] == pytest.approx(float(expected[key]), rel=1e-4, abs=1e-5), key
     ages = {row["age"] for row in rows if row["age"] is not None}
     assert len(ages) > 20  # the model's numbers differ from photo to photo
 

@@ -280,7 +280,7 @@ def run(
     import uvicorn
 
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise OptionError(f"--workers must be at least 1, got {workers}")
     # Build one app here even for several workers: a bad checkpoint or option fails now, with
     # its message, instead of in every worker process uvicorn would keep restarting.
     app = create_app(checkpoint, backend=backend, admission=Admission(**(limits or {})), **options)
