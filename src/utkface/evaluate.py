@@ -204,6 +204,7 @@ def build_report(labels: dict, predictions: dict) -> dict:
         gender = metrics.gender_metrics(labels["gender"], predictions["gender_prob"])
     if "race" in tasks:
         race = metrics.race_metrics(labels["race"], predictions["race_prob"])
+    breakdowns = metrics.breakdowns(labels, predictions, min_n=metrics.MIN_GROUP_N)
     return {
         "report_version": REPORT_VERSION,
         "n": int(len(labels["age"])),
@@ -211,7 +212,8 @@ def build_report(labels: dict, predictions: dict) -> dict:
         "age": age,
         "gender": gender,
         "race": race,
-        "breakdowns": metrics.breakdowns(labels, predictions, min_n=metrics.MIN_GROUP_N),
+        "breakdowns": breakdowns,
+        "fairness": metrics.fairness(breakdowns),
         "plots": {},
         "files": {},
     }

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from utkface import fairness
 from utkface.atomic import atomic_open, atomic_write
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
@@ -333,6 +334,7 @@ class Trainer:
             result["gender_acc"] = report["gender"]["accuracy"]
         if report["race"]:
             result["race_acc"] = report["race"]["accuracy"]
+        result.update(fairness.summary(report), fairness=fairness.rows(report))
         result["score"] = (result.get("mae") or 0.0) + GENDER_ERROR_YEARS * (
             1 - result["gender_acc"] if result.get("gender_acc") is not None else 0.0
         )
@@ -350,12 +352,15 @@ class Trainer:
         candidates = {"weights": model}
         if self.main:
             val = self._validate(model, "val")
+            tables = {"weights": val.pop("fairness")}  # -> fairness.csv, not metrics.csv
             row.update({f"val_{key}": value for key, value in val.items() if key != "n"})
             if self.average is not None:
                 candidates["ema"] = self.average.model
                 val = self._validate(self.average.model, "val")
+                tables["ema"] = val.pop("fairness")
                 row.update({f"val_ema_{key}": value for key, value in val.items() if key != "n"})
                 row["selected"] = "ema" if row["val_ema_score"] < row["val_score"] else "weights"
+            fairness.record(self.out, state["epoch"], tables)
         row.update(
             images_per_s=images_done / max(seconds, 1e-9), seconds=seconds, elapsed=state["elapsed"]
         )
@@ -381,6 +386,7 @@ class Trainer:
             best = read_checkpoint(self.out / "best.pt")
             weights = best["metrics"].get("selected", "weights")
             result.update(best_epoch=best["epoch"], best_weights=weights, val=best["metrics"])
+            print(fairness.table_text(self.out, best["epoch"], weights))
             if report_test:  # once, at the very end, from the checkpoint chosen on val
                 model.load_state_dict(best["state_dict"])
                 result["test"] = self._validate(model, "test")
@@ -543,6 +549,8 @@ def _format_metrics(values: dict) -> str:
         "cs5": "CS@5 {:.1%}",
         "gender_acc": "gender acc {:.2%}",
         "race_acc": "race acc {:.2%}",
+        "max_abs_bias": "max |bias| {:.2f}",  # over race x age band cells with n >= 20
+        "gender_gap": "race gender gap {:.1%}",
     }
     text = ", ".join(
         fmt.format(values[key]) for key, fmt in names.items() if values.get(key) is not None
