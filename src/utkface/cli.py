@@ -168,6 +168,12 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--balance-alpha",
+        type=float,
+        dest="balance_alpha",
+        help="draw images with probability ~ (race x age band count)^-alpha, 0..1 (0 = off)",
+    )
     parser.add_argument("--device", help="auto, cpu, cuda or mps")
     parser.add_argument("--threads", type=int, help="CPU threads (0 = all cores)")
     parser.add_argument(
@@ -194,6 +200,7 @@ def add_train_parser(subparsers) -> None:
                 "lr",
                 "pretrained",
                 "seed",
+                "balance_alpha",
                 "device",
                 "threads",
             )

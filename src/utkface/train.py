@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from utkface import fairness
+from utkface import balance, fairness
 from utkface.atomic import atomic_open, atomic_write
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
@@ -150,6 +150,8 @@ class Trainer:
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.images[self.split["train"]]))
         labels = dataset.labels(self.split["train"])
         self.labels = {key: torch.from_numpy(value) for key, value in labels.items()}
+        alpha = config.balance_alpha  # 0: a plain shuffle, as before the option existed
+        self.sample_weights = balance.sample_weights(labels, alpha) if alpha else None
         self.augment = Augment() if config.augment else None
 
     # ---------------------------------------------------------------------------------------
@@ -295,9 +297,8 @@ class Trainer:
     def _epoch_order(self, epoch: int, steps: int) -> list[torch.Tensor]:
         """This rank's batches of epoch `epoch`: a pure function of (seed, epoch)."""
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.split["train"]), generator=generator)[
-            self.rank :: self.world
-        ]
+        order = balance.epoch_order(len(self.split["train"]), self.sample_weights, generator)
+        order = order[self.rank :: self.world]
         size = self.config.batch_size
         return [order[i * size : (i + 1) * size] for i in range(steps)]
 
