@@ -36,6 +36,7 @@ from utkface.atomic import atomic_write
 from utkface.checkpoint import load_checkpoint
 from utkface.inference import predict_arrays
 from utkface.models import INTERVAL
+from utkface.multisource import parse_sources, prepare_sources, scan_sources
 from utkface.names import RACES
 from utkface.report import markdown
 
@@ -54,7 +55,7 @@ class EvalSet:
     """Images to score with their labels, and where they came from."""
 
     images: np.ndarray  # (N, S, S, 3) uint8
-    labels: dict[str, np.ndarray]  # age, gender, race: (N,) int64
+    labels: dict[str, np.ndarray]  # age, gender, race: (N,) int64; source: (N,) names if several
     files: list[str]
     source: str
     split: str  # one of SPLIT_CHOICES
@@ -153,13 +154,14 @@ def load_evalset(
         if mode == "scanned" and split != ALL:
             raise EvaluationError(f"a scan has no splits; use split={ALL!r}")
     else:
-        source = str(data if data is not None else data_module.default_source())
+        specs = parse_sources(data)  # one or several sources, UTKFace or labelled
+        source = ", ".join(map(str, specs))
         mode = "scanned" if split == ALL else "prepared"
         if mode == "scanned":
-            loaded = data_module.scan(source, size, workers=workers, progress=progress)
+            loaded = scan_sources(specs, size, workers=workers, progress=progress)
         else:
-            loaded = data_module.prepare(
-                source, size=size, out=cache, seed=split_seed, workers=workers, progress=progress
+            loaded = prepare_sources(
+                specs, size=size, out=cache, seed=split_seed, workers=workers, progress=progress
             )
     if loaded.images.shape[1] != size:
         raise EvaluationError(
@@ -171,9 +173,12 @@ def load_evalset(
             f"no usable images in {split!r} of {source} "
             f"({loaded.seen} files seen, {len(loaded.skipped)} skipped)"
         )
+    labels = loaded.labels(indices)
+    if any(loaded.records[i].source for i in indices):  # several sources: metrics per source
+        labels["source"] = np.array([loaded.records[i].source for i in indices], dtype=object)
     return EvalSet(
         images=np.ascontiguousarray(loaded.images[indices]),
-        labels=loaded.labels(indices),
+        labels=labels,
         files=[loaded.records[i].file for i in indices],
         source=source,
         split=split,

@@ -43,6 +43,9 @@ def summary(report: dict) -> str:
         _group_cells(report["breakdowns"]["age_band"]["rows"]),
         markdown=False,
     )
+    if "source" in report["breakdowns"]:
+        rows = _group_cells(report["breakdowns"]["source"]["rows"])
+        lines += _table(["source", "n", "MAE", "bias", "gender acc"], rows, markdown=False)
     lines += _gap_lines(report["breakdowns"])
     lines.append(fairness_line(report["fairness"]))
     if report["files"]:

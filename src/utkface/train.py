@@ -35,12 +35,13 @@ from utkface.atomic import atomic_open, atomic_write
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec, read_checkpoint, save_checkpoint
 from utkface.config import ConfigError, TrainConfig
-from utkface.data import Dataset, prepare
+from utkface.data import Dataset
 from utkface.ema import WeightAverage
 from utkface.evaluate import build_report
 from utkface.inference import predict_arrays
 from utkface.losses import multitask_loss
 from utkface.models import build_model, model_tasks
+from utkface.multisource import prepare_sources
 from utkface.plots import save_figure, training_curves
 from utkface.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -70,7 +71,7 @@ def train(
     dataset = (
         data
         if isinstance(data, Dataset)
-        else prepare(data, size=config.size, out=cache, seed=config.seed, progress=progress)
+        else prepare_sources(data, size=config.size, out=cache, seed=config.seed, progress=progress)
     )
     if config.model == "seed":
         if not resume and int(os.environ.get("RANK", 0)) == 0:
