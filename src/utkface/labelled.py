@@ -33,8 +33,8 @@ import numpy as np
 from utkface import faces as face_finder
 from utkface import images as image_io
 from utkface.names import MAX_AGE, RACES, UNKNOWN_RACE, Label, LabelError
+from utkface.predict import FACE_MODES  # the modes of `utkface predict --faces`
 
-FACE_MODES = ("auto", "detect", "aligned")
 REQUIRED = ("file", "age", "gender")
 GENDER_WORDS = {"0": 0, "1": 1, "male": 0, "female": 1, "m": 0, "f": 1}
 RACE_WORDS = {name.lower(): index for index, name in enumerate(RACES)} | {"other": 4}

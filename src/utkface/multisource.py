@@ -29,7 +29,7 @@ SEPARATOR = "::"  # PHOTOS::labels.csv
 class SourceSpec:
     path: Path
     labels: Path | None = None  # a labels CSV; None: labels from UTKFace names
-    faces: str = "auto"  # how photos of a labelled source become crops (`labelled.FACE_MODES`)
+    faces: str = "auto"  # how photos of a labelled source become crops (`predict.FACE_MODES`)
 
     @property
     def name(self) -> str:
