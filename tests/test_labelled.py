@@ -33,6 +33,7 @@ h.jpg,30,0,purple
 a.jpg,26,0,0
 ,20,0,0
 missing.jpg,20,0,0
+i.jpg,inf,0,0
 """
 
 
@@ -53,7 +54,8 @@ def test_read_labels_by_hand(tmp_path):
     assert "gender 'x' is not 0/1, male/female or m/f" in reasons["g.jpg"]
     assert "race 'purple' is not 0..4, White, Black" in reasons["h.jpg"]
     assert reasons["labels.csv line 11"] == "no file name"
-    assert len(skipped) == 6 and "listed again in labels.csv line 10 (first on line 2)" in [
+    assert reasons["i.jpg"].endswith("age 'inf' is not a number")
+    assert len(skipped) == 7 and "listed again in labels.csv line 10 (first on line 2)" in [
         item.reason for item in skipped
     ]
     (tmp_path / "bad.csv").write_text("path,age\nx.jpg,3\n")

@@ -90,7 +90,7 @@ def parse_row(row: dict) -> Label:
     age_text = (row.get("age") or "").strip()
     try:
         age = round(float(age_text))
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "nan", "inf"
         raise LabelError(f"age {age_text!r} is not a number") from None
     if not 0 <= age <= MAX_AGE:
         raise LabelError(f"age {age_text} outside 0..{MAX_AGE}")
