@@ -146,7 +146,9 @@ def bias_heatmap(rows: list[dict], min_n: int = 20) -> Figure:
     bias = np.array(
         [[cells[f"{race}/{band}"]["bias"] for band in bands] for race in races], dtype=np.float64
     )  # (races, bands), NaN for empty cells
-    limit = max(1.0, float(np.nanmax(np.abs(bias), initial=0.0)))
+    counts = np.array([[cells[f"{race}/{band}"]["n"] for band in bands] for race in races])
+    ranked = np.abs(bias[counts >= min_n]) if (counts >= min_n).any() else np.abs(bias).ravel()
+    limit = max(1.0, float(np.nanmax(ranked, initial=0.0)))  # thin cells do not set the scale
     figure = Figure(figsize=(6.5, 1.0 + 0.6 * len(races)))
     axes = figure.add_subplot()
     image = axes.imshow(bias, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
@@ -154,7 +156,9 @@ def bias_heatmap(rows: list[dict], min_n: int = 20) -> Figure:
         for j, band in enumerate(bands):
             row = cells[f"{race}/{band}"]
             text = "-" if row["bias"] is None else f"{row['bias']:+.1f}\nn={row['n']}"
-            axes.text(j, i, text, ha="center", va="center", fontsize=8)
+            dark = row["bias"] is not None and abs(row["bias"]) > 0.6 * limit
+            colour = "white" if dark else "black"
+            axes.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
             if row["n"] < min_n:
                 axes.add_patch(
                     Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", alpha=0.3)
