@@ -29,6 +29,7 @@ TOP_KEYS = {
     "gender",
     "race",
     "breakdowns",
+    "fairness",
     "plots",
     "files",
     "checkpoint",
@@ -108,7 +109,7 @@ def test_scores_a_plain_folder_whole_and_writes_the_report(checkpoint, faces, tm
     assert set(on_disk["age"]) == AGE_KEYS and set(on_disk["gender"]) == GENDER_KEYS
     assert set(on_disk["race"]) == RACE_KEYS and set(on_disk["data"]) == DATA_KEYS
     assert set(on_disk["age"]["interval"]) == {"n", "coverage", "mean_width", "nominal"}
-    assert set(on_disk["breakdowns"]) == {"age_band", "gender", "race", "race_gender"}
+    assert set(on_disk["breakdowns"]) == {"age_band", "gender", "race", "race_gender", "race_age"}
     for table in on_disk["breakdowns"].values():
         assert set(table) == {"rows", "gap"} and set(table["gap"]) == {"mae", "gender_accuracy"}
         for row in table["rows"]:
@@ -119,6 +120,7 @@ def test_scores_a_plain_folder_whole_and_writes_the_report(checkpoint, faces, tm
         "age_scatter",
         "age_bands",
         "cs_curve",
+        "fairness_bias",
         "worst_age",
         "gender_confusion",
         "reliability",
@@ -130,6 +132,17 @@ def test_scores_a_plain_folder_whole_and_writes_the_report(checkpoint, faces, tm
         assert png.startswith(b"\x89PNG") and len(png) > 1000
         assert f"({file})" in markdown
     assert "## Breakdowns" in markdown and "By race x gender" in markdown
+    # the fairness table: a row per race with images, bias / MAE (n) per band, gender accuracy
+    fairness = markdown[markdown.index("## Fairness") :].split("\n\n")[2].splitlines()
+    cells = {row["group"]: row for row in on_disk["breakdowns"]["race_age"]["rows"]}
+    white = next(line for line in fairness if line.startswith("| White |"))
+    assert white.count("|") == 7 and f"({cells['White/0-19']['n']})" in white
+    ranked = [
+        abs(row["bias"])
+        for name, row in cells.items()
+        if row["n"] >= on_disk["fairness"]["min_n"] and not name.startswith("unknown")
+    ]
+    assert on_disk["fairness"]["max_abs_bias"] == max(ranked, default=None)
     assert not list(out.glob(".*"))  # no temp files left behind
     lines = (out / "predictions.csv").read_text().splitlines()
     assert lines[0].startswith("file,age,gender,race,pred_age,pred_age_low,pred_age_high")

@@ -213,3 +213,44 @@ def test_breakdowns_without_a_task_and_without_samples():
         assert table["gap"] == {"mae": None, "gender_accuracy": None}
     with pytest.raises(ValueError, match="age_band"):
         metrics.group_table(LABELS, PREDICTIONS, "hair")
+
+
+def test_race_by_age_band_cells_and_fairness_headlines_by_hand():
+    tables = metrics.breakdowns(LABELS, PREDICTIONS)
+    cells = _rows(tables["race_age"])
+    assert len(cells) == 6 * 4 and list(cells)[:4] == [
+        "White/0-19",
+        "White/20-39",
+        "White/40-59",
+        "White/60+",
+    ]
+    assert cells["White/0-19"] == {
+        "group": "White/0-19",
+        "n": 2,
+        "mae": 0.5,
+        "bias": 0.5,
+        "gender_accuracy": 0.5,
+    }
+    assert (cells["Black/20-39"]["bias"], cells["unknown/20-39"]["bias"]) == (-5.0, 5.0)
+    assert cells["Others/60+"]["bias"] == 7.0 and cells["Asian/40-59"]["n"] == 0
+    fair = metrics.fairness(tables, min_n=1)
+    # unknown race is left out: the largest |bias| is Others/60+ (+7), not unknown/20-39 (+5)
+    assert fair["max_abs_bias"] == 7.0 and fair["max_abs_bias_cell"]["group"] == "Others/60+"
+    # gender accuracy: White 1/2, Black 1/1, Others 1/1 (unknown, 1/1, not ranked)
+    assert fair["gender_gap"] == 0.5 and fair["gender_gap_races"]["worst"] == "White"
+    # min_n = 2 leaves one cell (White/0-19, |bias| 0.5) and one race: no gap to rank
+    fair = metrics.fairness(tables, min_n=2)
+    assert fair["max_abs_bias"] == 0.5 and fair["gender_gap"] is None
+    # negative biases count by their size
+    shifted = metrics.breakdowns(LABELS, {"age": PREDICTIONS["age"] - 20.0})
+    assert metrics.fairness(shifted, min_n=1)["max_abs_bias"] == 25.0  # Black/20-39: -5 - 20
+
+
+def test_breakdown_by_source_only_with_several_sources():
+    labels = dict(LABELS, source=np.array(["b", "a", "b", "b", "a"]))
+    tables = metrics.breakdowns(labels, PREDICTIONS)
+    rows = _rows(tables["source"])
+    assert list(rows) == ["b", "a"]  # order of first appearance
+    assert (rows["b"]["n"], rows["b"]["mae"]) == (3, pytest.approx(11 / 3))
+    assert (rows["a"]["mae"], rows["a"]["gender_accuracy"]) == (3.5, 0.5)
+    assert "source" not in metrics.breakdowns(dict(LABELS, source=np.array(["a"] * 5)), {})

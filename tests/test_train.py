@@ -40,7 +40,14 @@ pytestmark = pytest.mark.slow
 SUBSET = 0.004  # of ~17k train images: 68 train, ~9 val, ~8 test
 BATCH = 16  # -> 4 steps per epoch
 STEPS_PER_EPOCH = 4
-RUN_FILES = {"config.json", "metrics.csv", "last.pt", "best.pt", "final_metrics.json"}
+RUN_FILES = {
+    "config.json",
+    "metrics.csv",
+    "fairness.csv",
+    "last.pt",
+    "best.pt",
+    "final_metrics.json",
+}
 
 
 def small_config(**overrides):
@@ -105,6 +112,22 @@ def test_run_folder(finished_run, real_dataset):
     for column in columns + ("val_ema_mae", "val_ema_gender_acc", "val_ema_score"):
         assert all(np.isfinite(float(row[column])) for row in rows), column
     assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # cosine decay
+    # fairness.csv: per epoch and weights, 24 race x age band cells and 6 races that add up to
+    # the val split, and whose n-weighted MAE is the epoch's val MAE
+    fair = _rows(out / "fairness.csv")
+    assert len(fair) == 2 * 2 * (24 + 6)
+    val_n = len(_split(real_dataset, "val", config))
+    for row in rows:
+        for weights, column in (("weights", "val_mae"), ("ema", "val_ema_mae")):
+            cells = [
+                r
+                for r in fair
+                if (r["epoch"], r["weights"], r["table"]) == (row["epoch"], weights, "race_age")
+            ]
+            assert sum(int(r["n"]) for r in cells) == val_n
+            mae = sum(int(r["n"]) * float(r["mae"]) for r in cells if r["mae"]) / val_n
+            assert mae == pytest.approx(float(row[column]))
+    assert "val_max_abs_bias" in rows[0] and "val_ema_gender_gap" in rows[0]
 
     final = json.loads((out / "final_metrics.json").read_text())
     assert final == json.loads(json.dumps(result))
@@ -195,6 +218,7 @@ def test_resume_after_interruption_gives_the_same_weights(
         # The interrupted epoch's row still averages the loss over all of its steps.
         for key in ("epoch", "step", "lr", "train_loss", "val_mae", "val_score", "val_ema_score"):
             assert row[key] == full_row[key], key
+    assert _rows(out / "fairness.csv") == _rows(full / "fairness.csv")  # no epoch twice
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["test"] == json.loads((full / "final_metrics.json").read_text())["test"]
 

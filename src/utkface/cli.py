@@ -14,7 +14,7 @@ from utkface.errors import MissingExtra, OptionError, UtkfaceError
 
 def add_prepare_parser(subparsers) -> None:
     parser = subparsers.add_parser("prepare", help="scan, validate, split and cache UTKFace")
-    parser.add_argument("--data", help="UTKFace folder, .tar.gz or .zip (default: $UTKFACE_DATA)")
+    add_data_arguments(parser)
     parser.add_argument("--size", type=int, default=128, help="cached image side in pixels")
     parser.add_argument("--out", help="cache folder (default: $UTKFACE_CACHE or ~/.cache/utkface)")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
@@ -27,14 +27,14 @@ def add_prepare_parser(subparsers) -> None:
     )
 
     def run(args) -> int:
-        from utkface.data import prepare
+        from utkface.multisource import parse_sources, prepare_sources
         from utkface.sources import Limits
 
         limits = Limits(
             member_bytes=int(args.max_file_mb * 2**20), total_bytes=int(args.max_total_gb * 2**30)
         )
-        dataset = prepare(
-            args.data,
+        dataset = prepare_sources(
+            parse_sources(args.data, args.labels, args.faces),
             size=args.size,
             out=args.out,
             seed=args.seed,
@@ -53,7 +53,7 @@ def add_evaluate_parser(subparsers) -> None:
         "evaluate", help="score a checkpoint: metrics, breakdowns, calibration, plots, report"
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file from `train`")
-    parser.add_argument("--data", help="UTKFace folder/.tar.gz/.zip (default: $UTKFACE_DATA)")
+    add_data_arguments(parser)
     parser.add_argument(
         "--split",
         choices=("train", "val", "test", "all"),
@@ -80,15 +80,17 @@ def add_evaluate_parser(subparsers) -> None:
         from pathlib import Path
 
         from utkface.evaluate import evaluate
+        from utkface.multisource import parse_sources, unique_names
         from utkface.report import summary
 
+        sources = parse_sources(args.data, args.labels, args.faces) if args.data else None
         name = args.split or ("all" if args.data else "test")
         if args.data and name == "all":
-            name = Path(args.data).name.split(".")[0]
+            name = "+".join(unique_names(sources))
         out = args.out or Path(args.checkpoint).parent / f"eval-{name}"
         report = evaluate(
             args.checkpoint,
-            data=args.data,
+            data=sources,
             split=args.split,
             out=out,
             tta=args.tta,
@@ -223,7 +225,7 @@ def add_serve_parser(subparsers) -> None:
 
 def add_train_parser(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a model (prepares the data when needed)")
-    parser.add_argument("--data", help="UTKFace folder, .tar.gz or .zip (default: $UTKFACE_DATA)")
+    add_data_arguments(parser)
     parser.add_argument("--config", help="YAML/TOML file of training settings")
     parser.add_argument(
         "--model", help="mobilenet_v2 (default), other backbones, seed, seed_gender, seed_age"
@@ -241,6 +243,12 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--balance-alpha",
+        type=float,
+        dest="balance_alpha",
+        help="draw images with probability ~ (race x age band count)^-alpha, 0..1 (0 = off)",
+    )
     parser.add_argument("--device", help="auto, cpu, cuda or mps")
     parser.add_argument("--threads", type=int, help="CPU threads (0 = all cores)")
     parser.add_argument(
@@ -267,14 +275,16 @@ def add_train_parser(subparsers) -> None:
                 "lr",
                 "pretrained",
                 "seed",
+                "balance_alpha",
                 "device",
                 "threads",
             )
             config = resolve_config(args.config, **{key: getattr(args, key) for key in keys})
             out = args.out
-        train(
-            config, args.data, out, cache=args.cache, resume=bool(args.resume), subset=args.subset
-        )
+        from utkface.multisource import parse_sources
+
+        data = parse_sources(args.data, args.labels, args.faces)
+        train(config, data, out, cache=args.cache, resume=bool(args.resume), subset=args.subset)
         return 0
 
     parser.set_defaults(func=run)
@@ -470,6 +480,27 @@ def add_cache_parser(subparsers) -> None:
         return 0
 
     parser.set_defaults(func=run)
+
+
+def add_data_arguments(parser) -> None:
+    """--data (repeatable), --labels and --faces: the sources of prepare, train and evaluate."""
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="SOURCE",
+        help="UTKFace folder, .tar.gz or .zip (default: $UTKFACE_DATA), or PHOTOS::LABELS.csv "
+        "for photos labelled by a CSV (file, age, gender[, race]); repeat for several sources",
+    )
+    parser.add_argument(
+        "--labels", help="labels CSV of the one --data (same as --data PHOTOS::LABELS.csv)"
+    )
+    parser.add_argument(
+        "--faces",
+        choices=("auto", "detect", "aligned"),
+        default="auto",
+        help="photos of a labelled source: aligned = already face crops; detect = find the one "
+        "face and crop it like UTKFace; auto (default) = decide per photo",
+    )
 
 
 PARSERS = [

@@ -49,6 +49,7 @@ class TrainConfig:
     age_sigma: float = 2.0  # width in years of the Gaussian label distribution
     age_l1_weight: float = 0.25  # weight of |E[age] - age| inside the age loss
     ema_decay: float = 0.998  # weight average per step, scored on val with the weights; 0 = off
+    balance_alpha: float = 0.0  # draw images with P ~ (race x age band count)^-alpha; 0 = off
     seed: int = 0  # data split, initialisation, shuffling and augmentation
     device: str = "auto"  # auto = cuda if available, else mps, else cpu
     threads: int = 0  # CPU threads for torch; 0 = all cores
@@ -78,6 +79,8 @@ class TrainConfig:
             raise ConfigError(f"photo_augment must be in [0, 1], got {self.photo_augment}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.balance_alpha <= 1.0:
+            raise ConfigError(f"balance_alpha must be in [0, 1], got {self.balance_alpha}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"time_budget must be positive minutes, got {self.time_budget}")
         bad = [k for k in self.loss_weights if k not in TASKS]

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from utkface import images as image_io
 from utkface.errors import OptionError, UtkfaceError
-from utkface.names import GENDERS, LabelError, age_band, parse_name
+from utkface.names import GENDERS, Label, LabelError, age_band, parse_name
 from utkface.sources import Limits, fingerprint, iter_members
 
 SPLITS = ("train", "val", "test")
@@ -51,6 +51,7 @@ class Record:
     gender: int
     race: int  # -1 when unknown
     split: str = ""
+    source: str = ""  # which source of several (`multisource`); "" for a single one
 
 
 @dataclass(frozen=True)
@@ -142,13 +143,17 @@ def scan(
     progress: bool = False,
     allocate: Callable[[int], np.ndarray] | None = None,
     limits: Limits | None = None,
+    label: Callable[[str], Label] | None = None,
+    decode: Callable[[bytes, int], np.ndarray] = image_io.load_rgb,
 ) -> Scan:
     """Read, label and decode every file of `source`. One bad file never stops the scan.
     `limits` bounds what is read (see `sources.Limits`; files past them are skipped).
 
     `allocate(n)`, when given, makes the `(n, size, size, 3)` array the pixels are decoded into
     (rows of files that fail to decode are compacted away), so `prepare` can decode straight
-    into its memory map.
+    into its memory map. `label(name)` gives a member's labels (default: its UTKFace name) or
+    raises `LabelError` with the reason; `decode(bytes, size)` gives its pixels or raises
+    `images.ImageError` (both must be picklable for the worker processes).
     """
     source = Path(source) if source is not None else default_source()
     records, skipped, payloads = [], [], []
@@ -157,15 +162,15 @@ def scan(
             skipped.append(Skipped(member.name, member.problem))
             continue
         try:
-            label = parse_name(member.name)
+            found = label(member.name) if label else parse_name(member.name)
         except LabelError as error:
-            skipped.append(Skipped(member.name, f"bad name: {error}"))
+            skipped.append(Skipped(member.name, str(error) if label else f"bad name: {error}"))
             continue
-        records.append(Record(member.name, label.age, label.gender, label.race))
+        records.append(Record(member.name, found.age, found.gender, found.race))
         payloads.append(member.data)
     shape = (len(payloads), size, size, 3)
     target = allocate(len(payloads)) if allocate else np.empty(shape, dtype=np.uint8)
-    problems = _decode_all(payloads, size, target, workers, progress)
+    problems = _decode_all(payloads, size, target, workers, progress, decode)
     del payloads
     kept = [i for i, problem in enumerate(problems) if problem is None]
     skipped += [Skipped(records[i].file, p) for i, p in enumerate(problems) if p is not None]
@@ -185,9 +190,14 @@ def prepare(
     workers: int | None = None,
     progress: bool = False,
     limits: Limits | None = None,
+    labels: str | os.PathLike | None = None,
+    faces: str = "auto",
 ) -> Dataset:
     """Scan, split and cache `source`; reuse the cache when inputs and settings match.
-    `limits` bounds what is read from `source` (default `sources.Limits()`)."""
+    `limits` bounds what is read from `source` (default `sources.Limits()`).
+
+    With `labels` (a CSV, see `labelled`), `source` is any collection of photos labelled by that
+    file, each cut to a face crop as `faces` says ("auto", "detect" or "aligned")."""
     source = Path(source) if source is not None else default_source()
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise OptionError(f"split fractions {list(fractions)} must be three numbers summing to 1")
@@ -202,14 +212,22 @@ def prepare(
     }
     if limits is not None and limits != Limits():  # other limits may skip other files
         settings["limits"] = dataclasses.asdict(limits)
+    scanner = scan
+    if labels is not None:  # keys only for labelled sources: UTKFace caches keep their names
+        from utkface import labelled
+
+        scanner = labelled.scanner(labels, faces)
+        settings.update(labelled.cache_settings(labels, faces))
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache_dir = Path(out or default_cache()) / f"{source.name.split('.')[0]}-{size}px-{key}"
     if not (cache_dir / "meta.json").is_file():
-        _build_cache(source, settings, cache_dir, workers, progress, limits)
+        _build_cache(source, settings, cache_dir, workers, progress, limits, scanner)
     return _open_cache(cache_dir)
 
 
-def _build_cache(source, settings, cache_dir: Path, workers, progress, limits) -> None:
+def _build_cache(
+    source, settings, cache_dir: Path, workers, progress, limits, scanner=scan
+) -> None:
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
     try:
@@ -220,7 +238,7 @@ def _build_cache(source, settings, cache_dir: Path, workers, progress, limits) -
                 building / "pixels.npy", mode="w+", dtype=np.uint8, shape=(count, side, side, 3)
             )
 
-        result = scan(source, side, workers, progress, allocate=allocate, limits=limits)
+        result = scanner(source, side, workers, progress, allocate=allocate, limits=limits)
         if len(result.images) < len(np.load(building / "pixels.npy", mmap_mode="r")):
             np.save(building / "images.npy", result.images)  # some failed: keep only kept rows
         del result.images
@@ -276,10 +294,10 @@ def _write_csv(path: Path, header: Sequence[str], rows) -> None:
 _TARGET: np.ndarray | None = None  # the shared output array, inherited by forked workers
 
 
-def _decode_into(job: tuple[int, bytes, int]) -> tuple[int, str | None]:
-    index, payload, size = job
+def _decode_into(job: tuple[int, bytes, int, Callable]) -> tuple[int, str | None]:
+    index, payload, size, decode = job
     try:
-        _TARGET[index] = image_io.load_rgb(payload, size)
+        _TARGET[index] = decode(payload, size)
         return index, None
     except image_io.ImageError as error:
         return index, str(error)
@@ -287,7 +305,9 @@ def _decode_into(job: tuple[int, bytes, int]) -> tuple[int, str | None]:
         return index, f"unexpected error while decoding ({type(error).__name__}: {error})"
 
 
-def _decode_all(payloads: list[bytes], size: int, target: np.ndarray, workers, progress) -> list:
+def _decode_all(
+    payloads: list[bytes], size: int, target: np.ndarray, workers, progress, decode
+) -> list:
     """Decode into `target[i]`; returns the problem of each payload (None when decoded).
 
     Forked workers write straight into `target` (shared memory or a shared file mapping), so
@@ -303,7 +323,7 @@ def _decode_all(payloads: list[bytes], size: int, target: np.ndarray, workers, p
         staging = np.frombuffer(buffer, dtype=np.uint8).reshape(target.shape)
     _TARGET = staging
     problems: list[str | None] = [None] * len(payloads)
-    jobs = ((i, payload, size) for i, payload in enumerate(payloads))
+    jobs = ((i, payload, size, decode) for i, payload in enumerate(payloads))
     bar = tqdm(total=len(payloads), desc="decode", unit="img", disable=not progress)
     pool = multiprocessing.get_context("fork").Pool(workers) if parallel else None
     try:

@@ -37,6 +37,7 @@ from utkface.checkpoint import load_checkpoint
 from utkface.errors import UtkfaceError
 from utkface.inference import predict_arrays
 from utkface.models import INTERVAL
+from utkface.multisource import parse_sources, prepare_sources, scan_sources
 from utkface.names import RACES
 from utkface.report import markdown
 
@@ -55,7 +56,7 @@ class EvalSet:
     """Images to score with their labels, and where they came from."""
 
     images: np.ndarray  # (N, S, S, 3) uint8
-    labels: dict[str, np.ndarray]  # age, gender, race: (N,) int64
+    labels: dict[str, np.ndarray]  # age, gender, race: (N,) int64; source: (N,) names if several
     files: list[str]
     source: str
     split: str  # one of SPLIT_CHOICES
@@ -175,13 +176,14 @@ def load_evalset(
         if mode == "scanned" and split != ALL:
             raise EvaluationError(f"a scan has no splits; use split={ALL!r}")
     else:
-        source = str(data if data is not None else data_module.default_source())
+        specs = parse_sources(data)  # one or several sources, UTKFace or labelled
+        source = ", ".join(map(str, specs))
         mode = "scanned" if split == ALL else "prepared"
         if mode == "scanned":
-            loaded = data_module.scan(source, size, workers=workers, progress=progress)
+            loaded = scan_sources(specs, size, workers=workers, progress=progress)
         else:
-            loaded = data_module.prepare(
-                source, size=size, out=cache, seed=split_seed, workers=workers, progress=progress
+            loaded = prepare_sources(
+                specs, size=size, out=cache, seed=split_seed, workers=workers, progress=progress
             )
     if loaded.images.shape[1] != size:
         raise EvaluationError(
@@ -193,9 +195,12 @@ def load_evalset(
             f"no usable images in {split!r} of {source} "
             f"({loaded.seen} files seen, {len(loaded.skipped)} skipped)"
         )
+    labels = loaded.labels(indices)
+    if any(loaded.records[i].source for i in indices):  # several sources: metrics per source
+        labels["source"] = np.array([loaded.records[i].source for i in indices], dtype=object)
     return EvalSet(
         images=np.ascontiguousarray(loaded.images[indices]),
-        labels=loaded.labels(indices),
+        labels=labels,
         files=[loaded.records[i].file for i in indices],
         source=source,
         split=split,
@@ -226,6 +231,7 @@ def build_report(labels: dict, predictions: dict) -> dict:
         gender = metrics.gender_metrics(labels["gender"], predictions["gender_prob"])
     if "race" in tasks:
         race = metrics.race_metrics(labels["race"], predictions["race_prob"])
+    breakdowns = metrics.breakdowns(labels, predictions, min_n=metrics.MIN_GROUP_N)
     return {
         "report_version": REPORT_VERSION,
         "n": int(len(labels["age"])),
@@ -233,7 +239,8 @@ def build_report(labels: dict, predictions: dict) -> dict:
         "age": age,
         "gender": gender,
         "race": race,
-        "breakdowns": metrics.breakdowns(labels, predictions, min_n=metrics.MIN_GROUP_N),
+        "breakdowns": breakdowns,
+        "fairness": metrics.fairness(breakdowns),
         "plots": {},
         "files": {},
     }

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from utkface.names import AGE_BANDS, GENDERS, RACES, UNKNOWN_RACE
+from utkface.names import AGE_BANDS, FAIRNESS_BANDS, GENDERS, RACES, UNKNOWN_RACE
 
 CS_KS = tuple(range(1, 11))  # CS@k: share of ages predicted within k years; CS@5 is the headline
 ECE_BINS = 15
 LOG_LOSS_EPS = 1e-7  # probabilities come as float32: a sure mistake costs ~16 nats, not infinity
 UNKNOWN = "unknown"  # group name of race -1
 MIN_GROUP_N = 20  # groups smaller than this are listed but not ranked for best-worst gaps
-GROUPINGS = ("age_band", "gender", "race", "race_gender")
+GROUPINGS = ("age_band", "gender", "race", "race_gender", "race_age")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,21 +184,26 @@ def race_metrics(race, prob) -> dict:
 def group_names(labels: dict, by: str) -> tuple[np.ndarray, list[str]]:
     """Each sample's group name under grouping `by`, and all group names in report order
     (including groups with no samples)."""
-    if by == "age_band":
-        lows = np.array([low for _, low, _ in AGE_BANDS])
+    if by in ("age_band", "fairness_band"):
+        bands = AGE_BANDS if by == "age_band" else FAIRNESS_BANDS
+        lows = np.array([low for _, low, _ in bands])
         index = np.searchsorted(lows, np.asarray(labels["age"]), side="right") - 1
-        order = [name for name, _, _ in AGE_BANDS]
+        order = [name for name, _, _ in bands]
         return np.array(order, dtype=object)[index], order
     if by == "gender":
         return np.array(GENDERS, dtype=object)[np.asarray(labels["gender"])], list(GENDERS)
     if by == "race":
         order = list(RACES) + [UNKNOWN]
         return np.array(order, dtype=object)[np.asarray(labels["race"])], order  # -1 -> UNKNOWN
-    if by == "race_gender":
+    if by in ("race_gender", "race_age"):  # cells "race/gender", "race/fairness band"
         races, race_order = group_names(labels, "race")
-        genders, gender_order = group_names(labels, "gender")
-        order = [f"{race}/{gender}" for race in race_order for gender in gender_order]
-        return np.array([f"{r}/{g}" for r, g in zip(races, genders)], dtype=object), order
+        second = "gender" if by == "race_gender" else "fairness_band"
+        inner, inner_order = group_names(labels, second)
+        order = [f"{race}/{name}" for race in race_order for name in inner_order]
+        return np.array([f"{r}/{g}" for r, g in zip(races, inner)], dtype=object), order
+    if by == "source":  # sources in order of first appearance
+        names = np.asarray(labels["source"], dtype=object)
+        return names, list(dict.fromkeys(names.tolist()))
     raise ValueError(f"unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
 
 
@@ -218,8 +223,34 @@ def group_table(labels: dict, predictions: dict, by: str, min_n: int = 1) -> dic
 
 
 def breakdowns(labels: dict, predictions: dict, min_n: int = 1) -> dict:
-    """`group_table` for every grouping in GROUPINGS."""
-    return {by: group_table(labels, predictions, by, min_n) for by in GROUPINGS}
+    """`group_table` for every grouping in GROUPINGS, and by source when `labels` has a
+    "source" array (one name per sample) naming more than one."""
+    groupings = GROUPINGS + (("source",) if len(set(labels.get("source", ()))) > 1 else ())
+    return {by: group_table(labels, predictions, by, min_n) for by in groupings}
+
+
+def fairness(tables: dict, min_n: int = MIN_GROUP_N) -> dict:
+    """The two fairness headlines from `breakdowns`' tables: the largest |age bias| over the
+    race x age band cells with n >= `min_n`, and the best-worst gap of gender accuracy between
+    races with n >= `min_n` (unknown race left out of both). None where nothing can be ranked."""
+    cells = [
+        row
+        for row in tables["race_age"]["rows"]
+        if row["n"] >= max(min_n, 1) and row["bias"] is not None
+        if not row["group"].startswith(UNKNOWN + "/")
+    ]
+    worst = max(cells, key=lambda row: abs(row["bias"]), default=None)
+    races = [row for row in tables["race"]["rows"] if row["group"] != UNKNOWN]
+    gap = _gap(races, "gender_accuracy", min_n, higher_is_better=True)
+    return {
+        "min_n": min_n,
+        "max_abs_bias": abs(worst["bias"]) if worst else None,
+        "max_abs_bias_cell": {key: worst[key] for key in ("group", "n", "bias", "mae")}
+        if worst
+        else None,
+        "gender_gap": gap["gap"] if gap else None,
+        "gender_gap_races": gap,
+    }
 
 
 def _group_row(name: str, inside: np.ndarray, labels: dict, predictions: dict) -> dict:

@@ -69,6 +69,15 @@ AGE_BANDS = (
 )
 
 
+# The coarser bands of the fairness tables (race x band cells stay large enough to rank on val).
+FAIRNESS_BANDS = (
+    ("0-19", 0, 19),
+    ("20-39", 20, 39),
+    ("40-59", 40, 59),
+    ("60+", 60, MAX_AGE),
+)
+
+
 def age_band(age: int) -> str:
     """The label of the band an age falls into, e.g. `age_band(25) == "20-29"`."""
     for label, low, high in AGE_BANDS:

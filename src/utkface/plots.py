@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from utkface.atomic import atomic_open
-from utkface.names import GENDERS, MAX_AGE, RACES, UNKNOWN_RACE
+from utkface.names import FAIRNESS_BANDS, GENDERS, MAX_AGE, RACES, UNKNOWN_RACE
 
 DPI = 100
 WORST_COUNT = 24  # faces on a contact sheet
 PLOT_FILES = {
     "age_scatter": "age_pred_vs_true.png",
     "age_bands": "age_band_mae_bias.png",
+    "fairness_bias": "age_bias_race_band.png",
     "cs_curve": "age_cs_curve.png",
     "worst_age": "worst_age_errors.png",
     "gender_confusion": "gender_confusion.png",
@@ -50,6 +52,10 @@ def write_plots(
         save("age_scatter", age_scatter(labels["age"], predictions["age"]))
         save("age_bands", age_bands(report["breakdowns"]["age_band"]["rows"]))
         save("cs_curve", cs_curve(report["age"]["cs"], report["age"]["n"]))
+        save(
+            "fairness_bias",
+            bias_heatmap(report["breakdowns"]["race_age"]["rows"], report["fairness"]["min_n"]),
+        )
         worst = np.argsort(-np.abs(predictions["age"] - labels["age"]), kind="stable")
         worst = worst[:WORST_COUNT]
         save(
@@ -128,6 +134,40 @@ def age_bands(rows: list[dict]) -> Figure:
     bottom.axhline(0, color="black", linewidth=0.8)
     bottom.set(ylabel="bias: predicted - true", xlabel="true age band")
     bottom.set_xticks(x, [row["group"] for row in rows])
+    return figure
+
+
+def bias_heatmap(rows: list[dict], min_n: int = 20) -> Figure:
+    """Age bias (predicted - true) per race x age band cell, red = over-, blue = under-estimated,
+    each cell labelled with its bias and n; cells under `min_n` images are hatched."""
+    bands = [name for name, _, _ in FAIRNESS_BANDS]
+    cells = {row["group"]: row for row in rows}
+    races = [race for race in (*RACES, "unknown") if any(cells[f"{race}/{b}"]["n"] for b in bands)]
+    bias = np.array(
+        [[cells[f"{race}/{band}"]["bias"] for band in bands] for race in races], dtype=np.float64
+    )  # (races, bands), NaN for empty cells
+    counts = np.array([[cells[f"{race}/{band}"]["n"] for band in bands] for race in races])
+    ranked = np.abs(bias[counts >= min_n]) if (counts >= min_n).any() else np.abs(bias).ravel()
+    limit = max(1.0, float(np.nanmax(ranked, initial=0.0)))  # thin cells do not set the scale
+    figure = Figure(figsize=(6.5, 1.0 + 0.6 * len(races)))
+    axes = figure.add_subplot()
+    image = axes.imshow(bias, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    for i, race in enumerate(races):
+        for j, band in enumerate(bands):
+            row = cells[f"{race}/{band}"]
+            text = "-" if row["bias"] is None else f"{row['bias']:+.1f}\nn={row['n']}"
+            dark = row["bias"] is not None and abs(row["bias"]) > 0.6 * limit
+            colour = "white" if dark else "black"
+            axes.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+            if row["n"] < min_n:
+                axes.add_patch(
+                    Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", alpha=0.3)
+                )
+    axes.set_xticks(range(len(bands)), bands)
+    axes.set_yticks(range(len(races)), races)
+    axes.set(xlabel="true age band", title=f"Age bias by race x age band (hatched: n < {min_n})")
+    figure.colorbar(image, ax=axes, label="predicted - true (years)")
+    figure.tight_layout()
     return figure
 
 

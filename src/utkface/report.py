@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from utkface import metrics
-from utkface.names import RACES
+from utkface.names import FAIRNESS_BANDS, RACES
 
 
 def summary(report: dict) -> str:
@@ -43,9 +43,13 @@ def summary(report: dict) -> str:
         _group_cells(report["breakdowns"]["age_band"]["rows"]),
         markdown=False,
     )
+    if "source" in report["breakdowns"]:
+        rows = _group_cells(report["breakdowns"]["source"]["rows"])
+        lines += _table(["source", "n", "MAE", "bias", "gender acc"], rows, markdown=False)
     lines += _gap_lines(report["breakdowns"])
     if report.get("corruptions"):
         lines += corruption_table(report["corruptions"], markdown=False)
+    lines.append(fairness_line(report["fairness"]))
     if report["files"]:
         lines.append(f"report: {report['files'].get('markdown')} in the output folder")
     return "\n".join(lines)
@@ -126,8 +130,11 @@ def markdown(report: dict) -> str:
         "gender": "By true gender",
         "race": "By race",
         "race_gender": "By race x gender",
+        "source": "By source",
     }
     for by, table in report["breakdowns"].items():
+        if by not in titles:  # race_age: the fairness section's own table
+            continue
         lines += [f"### {titles[by]}", ""]
         lines += _table(["group", "n", "MAE", "bias", "gender acc"], _group_cells(table["rows"]))
         lines += [""] + [f"- {line}" for line in _gap_lines({by: table}, unranked=True)] + [""]
@@ -140,11 +147,67 @@ def markdown(report: dict) -> str:
             "",
         ]
         lines += corruption_table(report["corruptions"]) + [""]
+    lines += fairness_section(report) + [""]
+    lines += _images(shown, ("fairness_bias",))
     skipped = data["skipped"]
     lines += ["## Skipped files", "", f"{skipped['count']} of {data['seen']} files skipped."]
     for reason, count in skipped["by_reason"].items():
         lines.append(f"- {count} x {reason}")
     return "\n".join(lines) + "\n"
+
+
+def fairness_line(fairness: dict) -> str:
+    """One line: the largest |age bias| over race x age band cells and the gender accuracy gap
+    between races (both over groups with n >= min_n)."""
+    cell, gap = fairness["max_abs_bias_cell"], fairness["gender_gap_races"]
+    worst = f" ({cell['group']}, n={cell['n']})" if cell else ""
+    races = ""
+    if gap:
+        races = f" ({gap['best']} {_pct(gap['best_value'])}, {gap['worst']} "
+        races += f"{_pct(gap['worst_value'])})"
+    return (
+        f"fairness (groups with n >= {fairness['min_n']}): max |age bias| "
+        f"{_num(fairness['max_abs_bias'])}{worst}, gender accuracy gap between races "
+        f"{_pct(fairness['gender_gap'])}{races}"
+    )
+
+
+def fairness_section(report: dict) -> list[str]:
+    """Markdown: age bias / MAE (n) per race x age band and gender accuracy per race."""
+    tables = report["breakdowns"]
+    return [
+        "## Fairness",
+        "",
+        "Age bias (mean predicted - true, years) / MAE per race x true age band, and gender "
+        "accuracy per race; (n) = images.",
+        "",
+        *fairness_table(tables["race_age"]["rows"], tables["race"]["rows"]),
+        "",
+        f"- {fairness_line(report['fairness'])}",
+    ]
+
+
+def fairness_table(cell_rows: list[dict], race_rows: list[dict], markdown=True) -> list[str]:
+    """One line per race with images: bias / MAE (n) per age band, then gender accuracy (n);
+    `cell_rows` are `metrics.group_table` rows of "race_age", `race_rows` of "race"."""
+    cells = {row["group"]: row for row in cell_rows}
+
+    def show(row: dict) -> str:
+        if not row["n"]:
+            return "-"
+        return f"{_num(row['bias'], signed=True)} / {_num(row['mae'])} ({row['n']})"
+
+    rows = [
+        [
+            race["group"],
+            *(show(cells[f"{race['group']}/{band}"]) for band, _, _ in FAIRNESS_BANDS),
+            f"{_pct(race['gender_accuracy'])} ({race['n']})",
+        ]
+        for race in race_rows
+        if race["n"]
+    ]
+    header = ["race", *(f"{band}: bias / MAE (n)" for band, _, _ in FAIRNESS_BANDS)]
+    return _table([*header, "gender acc (n)"], rows, markdown=markdown)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,14 +27,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utkface import balance, fairness
 from utkface.atomic import atomic_write
 from utkface.augment import Augment
 from utkface.checkpoint import model_spec
 from utkface.config import ConfigError, TrainConfig
-from utkface.data import Dataset, prepare
+from utkface.data import Dataset
 from utkface.ema import WeightAverage
 from utkface.losses import multitask_loss
 from utkface.models import build_model, model_entry, model_tasks
+from utkface.multisource import prepare_sources
 from utkface.training.budget import TimeBudget
 from utkface.training.distributed import Cluster, pick_device, prepared_once, setup_distributed
 from utkface.training.epoch_log import format_metrics, summary_line, write_epoch_files
@@ -73,7 +75,9 @@ def train(
 
     def prepare_data() -> Dataset:
         started = time.time()
-        dataset = prepare(data, size=config.size, out=cache, seed=config.seed, progress=progress)
+        dataset = prepare_sources(
+            data, size=config.size, out=cache, seed=config.seed, progress=progress
+        )
         if trace:
             trace.prepared(started, time.time())
         return dataset
@@ -144,6 +148,9 @@ class Trainer:
         # Batches are read from the memory-mapped cache (pages shared by every process of a
         # node through the page cache), never copied whole into each rank's memory.
         self.labels = {key: torch.from_numpy(value) for key, value in dataset.labels().items()}
+        alpha = config.balance_alpha  # 0: a plain shuffle, as before the option existed
+        train_labels = dataset.labels(self.split["train"])
+        self.sample_weights = balance.sample_weights(train_labels, alpha) if alpha else None
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
 
@@ -220,7 +227,13 @@ class Trainer:
         images trained on by all ranks in this process) and the number of steps timed."""
         config, cluster, epoch = self.config, self.cluster, state["epoch"]
         batches = epoch_batches(
-            self.split["train"], epoch, config.seed, cluster.rank, cluster.world, config.batch_size
+            self.split["train"],
+            epoch,
+            config.seed,
+            cluster.rank,
+            cluster.world,
+            config.batch_size,
+            self.sample_weights,
         )
         bar = tqdm(
             total=steps,
@@ -291,8 +304,9 @@ class Trainer:
         row = {"epoch": state["epoch"], "step": state["step"], **trained}
         if self.cluster.main:
             average = None if self.average is None else self.average.model
-            columns, selected, score = self.validator.epoch_columns(model, average)
+            columns, tables, selected, score = self.validator.epoch_columns(model, average)
             row.update(columns)
+            fairness.record(self.out, state["epoch"], tables)  # the tables: fairness.csv
         row.update(
             images_per_s=row.pop("images") / max(seconds, 1e-9),
             seconds=seconds,
@@ -333,6 +347,7 @@ class Trainer:
             best = saver.best()
             weights = best["metrics"].get("selected", "weights")
             result.update(best_epoch=best["epoch"], best_weights=weights, val=best["metrics"])
+            print(fairness.table_text(self.out, best["epoch"], weights))
             if report_test:  # once, at the very end, from the checkpoint chosen on val
                 model.load_state_dict(best["state_dict"])
                 result["test"] = self.validator.scores(model, "test")

@@ -26,6 +26,8 @@ def format_metrics(values: dict) -> str:
         "cs5": "CS@5 {:.1%}",
         "gender_acc": "gender acc {:.2%}",
         "race_acc": "race acc {:.2%}",
+        "max_abs_bias": "max |bias| {:.2f}",  # over race x age band cells with n >= 20
+        "gender_gap": "race gender gap {:.1%}",
     }
     text = ", ".join(
         fmt.format(values[key]) for key, fmt in names.items() if values.get(key) is not None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from utkface import balance
+
 
 def subset_indices(indices: np.ndarray, share: float, seed: int) -> np.ndarray:
     """A seeded random `share` of `indices` (all of them at 1.0), sorted."""
@@ -24,16 +26,23 @@ def steps_per_epoch(train_size: int, world: int, batch_size: int) -> int:
 
 
 def epoch_batches(
-    train: np.ndarray, epoch: int, seed: int, rank: int, world: int, batch_size: int
+    train: np.ndarray,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world: int,
+    batch_size: int,
+    weights: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """This rank's batches of epoch `epoch`, as rows of the dataset (values of `train`).
 
     One shuffle of the whole train split per epoch, the same on every rank; rank `r` of `world`
     takes every `world`-th position from `r`, so the ranks' shards are disjoint, cover the split
-    and change every epoch.
+    and change every epoch. With `weights` (one per image of `train`, `balance.sample_weights`)
+    the epoch is `len(train)` weighted draws with replacement instead of a shuffle.
     """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(train), generator=generator).numpy()[rank::world]
+    order = balance.epoch_order(len(train), weights, generator).numpy()[rank::world]
     steps = steps_per_epoch(len(train), world, batch_size)
     return [train[order[i * batch_size : (i + 1) * batch_size]] for i in range(steps)]
 

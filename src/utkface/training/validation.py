@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from utkface import fairness
 from utkface.data import Dataset
 from utkface.evaluate import build_report
 from utkface.inference import predict_arrays
@@ -28,7 +29,8 @@ class Validator:
         self.preprocess, self.batch_size = preprocess, batch_size
 
     def scores(self, model: nn.Module, split: str = "val") -> dict:
-        """`n`, `mae`, `cs5`, `gender_acc`, `race_acc` (for the model's tasks) and `score`, the
+        """`n`, `mae`, `cs5`, `gender_acc`, `race_acc` (for the model's tasks), `max_abs_bias`
+        and `gender_gap` (`fairness.summary`), `fairness` (its table's rows) and `score`, the
         selection score: age MAE + 20 x gender error rate (lower is better)."""
         indices = self.splits[split]
         images = self.dataset.images[indices]
@@ -41,21 +43,26 @@ class Validator:
             result["gender_acc"] = report["gender"]["accuracy"]
         if report["race"]:
             result["race_acc"] = report["race"]["accuracy"]
+        result.update(fairness.summary(report), fairness=fairness.rows(report))
         gender_error = 1 - result["gender_acc"] if result.get("gender_acc") is not None else 0.0
         result["score"] = (result.get("mae") or 0.0) + GENDER_ERROR_YEARS * gender_error
         return result
 
     def epoch_columns(
         self, model: nn.Module, average: nn.Module | None
-    ) -> tuple[dict, nn.Module, float]:
+    ) -> tuple[dict, dict, nn.Module, float]:
         """The `val_*` (and `val_ema_*`, `selected`) columns of an epoch's metrics row, the
-        better of the weights and their average, and its score."""
+        fairness tables (`{"weights"|"ema": rows}`, for fairness.csv), the better of the
+        weights and their average, and its score."""
         weights = self.scores(model)
+        tables = {"weights": weights.pop("fairness")}
         columns = {f"val_{key}": value for key, value in weights.items() if key != "n"}
         if average is None:
-            return columns, model, weights["score"]
+            return columns, tables, model, weights["score"]
         averaged = self.scores(average)
+        tables["ema"] = averaged.pop("fairness")
         columns.update({f"val_ema_{key}": value for key, value in averaged.items() if key != "n"})
         better = averaged["score"] < weights["score"]
         columns["selected"] = "ema" if better else "weights"
-        return columns, (average if better else model), min(averaged["score"], weights["score"])
+        best = min(averaged["score"], weights["score"])
+        return columns, tables, (average if better else model), best
