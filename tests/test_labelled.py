@@ -151,13 +151,13 @@ def test_photos_are_cut_to_face_crops_and_faceless_or_crowded_ones_skipped(real_
     photo = images.open_rgb(photos / "one.jpg")
     (face,) = faces.detect_faces(photo)
     assert faces.box_iou(face.crop, (20, 90, 140, 210)) > 0.6  # where the crop was pasted
-    assert np.array_equal(scanned.images[1], faces.crop_face(photo, face.crop, 64))
-    # detect also finds a face in the crop itself, and cuts UTKFace's framing around it
+    assert np.array_equal(scanned.images[1], faces.crop_face(np.asarray(photo), face.chip, 64))
+    # detect also finds a face in the crop itself, and cuts it with UTKFace's recipe
     detected = scan_labelled(photos, labels, size=64, faces="detect")
     assert [r.file for r in detected.records] == ["crop.jpg", "one.jpg"]
     crop = images.open_rgb(real_crops[3][1])
     (face,) = faces.detect_faces(crop)
-    assert np.array_equal(detected.images[0], faces.crop_face(crop, face.crop, 64))
+    assert np.array_equal(detected.images[0], faces.crop_face(np.asarray(crop), face.chip, 64))
 
 
 def test_several_sources_train_and_evaluate_per_source(tmp_path, make_faces, face_names, capsys):

@@ -144,7 +144,7 @@ def scan(
     allocate: Callable[[int], np.ndarray] | None = None,
     limits: Limits | None = None,
     label: Callable[[str], Label] | None = None,
-    decode: Callable[[bytes, int], np.ndarray] = image_io.load_rgb,
+    decode: Callable[[bytes, int], np.ndarray] | None = None,
 ) -> Scan:
     """Read, label and decode every file of `source`. One bad file never stops the scan.
     `limits` bounds what is read (see `sources.Limits`; files past them are skipped).
@@ -152,8 +152,8 @@ def scan(
     `allocate(n)`, when given, makes the `(n, size, size, 3)` array the pixels are decoded into
     (rows of files that fail to decode are compacted away), so `prepare` can decode straight
     into its memory map. `label(name)` gives a member's labels (default: its UTKFace name) or
-    raises `LabelError` with the reason; `decode(bytes, size)` gives its pixels or raises
-    `images.ImageError` (both must be picklable for the worker processes).
+    raises `LabelError` with the reason; `decode(bytes, size)` (default `images.load_rgb`) gives
+    its pixels or raises `images.ImageError` (both must be picklable for the worker processes).
     """
     source = Path(source) if source is not None else default_source()
     records, skipped, payloads = [], [], []
@@ -170,6 +170,7 @@ def scan(
         payloads.append(member.data)
     shape = (len(payloads), size, size, 3)
     target = allocate(len(payloads)) if allocate else np.empty(shape, dtype=np.uint8)
+    decode = decode or image_io.load_rgb  # looked up now, not when this module loaded
     problems = _decode_all(payloads, size, target, workers, progress, decode)
     del payloads
     kept = [i for i, problem in enumerate(problems) if problem is None]
