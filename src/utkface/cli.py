@@ -52,7 +52,11 @@ def add_evaluate_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="score a checkpoint: metrics, breakdowns, calibration, plots, report"
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file from `train`")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint from `train` (.pt) or `export --format safetensors`",
+    )
     add_data_arguments(parser)
     parser.add_argument(
         "--split",
@@ -164,7 +168,9 @@ def add_export_parser(subparsers) -> None:
 
 def add_serve_parser(subparsers) -> None:
     parser = subparsers.add_parser("serve", help="web demo and JSON API for a checkpoint")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) or export (.onnx)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint (.pt or .safetensors) or export (.onnx)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
@@ -306,7 +312,9 @@ def add_predict_parser(subparsers) -> None:
         "column), .parquet; or video files (.mp4, .mkv, .webm, .mov, .avi, ...: faces "
         "tracked over frames, extra utkface[video])",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) or export (.onnx)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint (.pt or .safetensors) or export (.onnx)"
+    )
     parser.add_argument(
         "--faces",
         choices=("auto", "detect", "aligned"),
