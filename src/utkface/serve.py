@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import time
@@ -162,22 +163,26 @@ def _add_camera_route(app: FastAPI, predictor, accepted, max_pixels, gate: Admis
     sessions = SessionStore(lambda: FaceStream(predictor, every=1))
     app.state.camera_sessions = sessions
 
-    def track(stream: FaceStream, data: bytes):
+    def track(stream: FaceStream, data: bytes, frame_time: float | None):
         try:
             image = image_io.open_rgb(data)
         except image_io.ImageError as error:
             raise ApiError(400, "corrupt_image", f"the image cannot be decoded: {error}") from error
-        return stream.step(image, time.monotonic())
+        return stream.step(image, time.monotonic() if frame_time is None else frame_time)
 
     @app.post("/api/track")
-    async def api_track(request: Request, session: str = "") -> dict:
+    async def api_track(request: Request, session: str = "", t: float | None = None) -> dict:
+        # `t`: the frame's capture time in seconds on the page's clock, so tracks and smoothing
+        # follow the camera, not the server's load (a slow answer does not end the tracks)
         if not SESSION_PATTERN.fullmatch(session):
             raise ApiError(400, "bad_session", "session must be 8-64 letters, digits, - or _")
+        if t is not None and not (math.isfinite(t) and t >= 0):
+            raise ApiError(400, "bad_time", "t must be a capture time in seconds, >= 0")
         async with gate.admit():  # the same bound and timeouts as /api/predict
             data, declared = await gate.upload(_read_upload(request, accepted))
             found = _check_image(data, declared, accepted, max_pixels)
             started = time.perf_counter()
-            result = await gate.run(track, sessions.get(session), data)
+            result = await gate.run(track, sessions.get(session), data, t)
         faces = [
             {**_face_json(face.smoothed), "track": face.track, "frame": _face_json(face.face)}
             for face in result.faces

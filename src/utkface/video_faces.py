@@ -20,6 +20,7 @@ frames larger than `faces.DETECT_MAX_SIDE` are shrunk before detection and boxes
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -69,12 +70,14 @@ class FaceStream:
         face_finder.require_detector()  # before the first frame, naming the extra
         self.predictor, self.every, self.upsample = predictor, every, upsample
         self.tracker = tracker or Tracker(**options)
-        self.count = 0
+        self.count, self.last_time = 0, -math.inf
         self._lock = threading.Lock()  # a camera session's frames may arrive on two threads
 
     def step(self, image: np.ndarray | Image.Image, time: float) -> FrameResult:
+        """`time` in seconds; a time before the previous frame's counts as that frame's."""
         with self._lock:
-            return self._step(image, time)
+            self.last_time = max(self.last_time, time)
+            return self._step(image, self.last_time)
 
     def _step(self, image: np.ndarray | Image.Image, time: float) -> FrameResult:
         picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
