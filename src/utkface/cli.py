@@ -176,7 +176,9 @@ def add_serve_parser(subparsers) -> None:
     parser.add_argument(
         "--backend", choices=("torch", "onnx"), help="default: onnx for an .onnx file, else torch"
     )
-    parser.add_argument("--faces", choices=("auto", "detect", "aligned"), default="auto")
+    add_faces_argument(
+        parser, "auto (default): decide per photo; detect: find faces; aligned: a crop"
+    )
     parser.add_argument("--max-mb", type=float, default=10.0, help="largest upload in MB")
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
     parser.add_argument(
@@ -315,11 +317,9 @@ def add_predict_parser(subparsers) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="checkpoint (.pt or .safetensors) or export (.onnx)"
     )
-    parser.add_argument(
-        "--faces",
-        choices=("auto", "detect", "aligned"),
-        default="auto",
-        help="aligned: each input is already a UTKFace-like face crop; detect: find every face "
+    add_faces_argument(
+        parser,
+        "aligned: each input is already a UTKFace-like face crop; detect: find every face "
         "and crop it like UTKFace; auto (default): decide per image",
     )
     parser.add_argument(
@@ -502,12 +502,17 @@ def add_data_arguments(parser) -> None:
     parser.add_argument(
         "--labels", help="labels CSV of the one --data (same as --data PHOTOS::LABELS.csv)"
     )
-    parser.add_argument(
-        "--faces",
-        choices=("auto", "detect", "aligned"),
-        default="auto",
-        help="photos of a labelled source: aligned = already face crops; detect = find the one "
+    add_faces_argument(
+        parser,
+        "photos of a labelled source: aligned = already face crops; detect = find the one "
         "face and crop it like UTKFace; auto (default) = decide per photo",
+    )
+
+
+def add_faces_argument(parser, help_text: str) -> None:
+    """--faces: how a photo becomes face crops (the modes of `predict.FACE_MODES`)."""
+    parser.add_argument(
+        "--faces", choices=("auto", "detect", "aligned"), default="auto", help=help_text
     )
 
 
