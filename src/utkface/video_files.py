@@ -30,6 +30,7 @@ from tqdm import tqdm
 from utkface.atomic import atomic_open
 from utkface.errors import OptionError
 from utkface.predict import Prediction, Predictor
+from utkface.predict_output import FILE_SUFFIXES  # the same single-file outputs as photos
 from utkface.video import VideoError, VideoWriter, probe, read_frames
 from utkface.video_faces import DEFAULT_EVERY, FaceStream, FrameResult
 
@@ -42,7 +43,6 @@ TRACK_COLUMNS = (
     "source", "track", "frames", "first_time", "last_time", "age", "age_low", "age_high",
     "gender", "gender_prob", "raw_age_sd",
 )  # fmt: skip
-OUTPUT_SUFFIXES = (".jsonl", ".csv")
 
 
 @dataclass
@@ -86,10 +86,8 @@ def predict_videos(
     suffix = Path(out).suffix.lower() if out else None
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise OptionError(f"--every and --max-frames must be at least 1, got {every}, {max_frames}")
-    if out and suffix not in OUTPUT_SUFFIXES:  # before any work
-        raise OptionError(
-            f"--out {out}: unknown suffix; choose one of {', '.join(OUTPUT_SUFFIXES)}"
-        )
+    if out and suffix not in FILE_SUFFIXES:  # before any work
+        raise OptionError(f"--out {out}: unknown suffix; choose one of {', '.join(FILE_SUFFIXES)}")
     report = report or (lambda line: print(line))
     summary = VideoSummary()
     with ExitStack() as stack:
