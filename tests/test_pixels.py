@@ -8,9 +8,10 @@ than a trained model's do: re-encoding a crop as a quality-95 JPEG moves its age
 years. So the variants here are stored losslessly (PNG with an EXIF orientation, CMYK TIFF,
 16-bit PNG, greyscale PNG) and must give the upright original's pixels exactly; the JPEG
 variants must give exactly the pixels of their own decoded samples turned upright. With a
-trained checkpoint in `UTKFACE_PARITY_CHECKPOINT`, `test_trained_model_parity_on_jpeg_variants`
-compares the lossy JPEG variants with the original by prediction, within `AGE_TOLERANCE` and
-`FEMALE_TOLERANCE`. Each parity test also checks that ignoring the orientation tag would fail it.
+trained model (the released one, or the checkpoint in `UTKFACE_PARITY_CHECKPOINT`),
+`test_trained_model_parity_on_jpeg_variants` compares the lossy JPEG variants with the original
+by prediction, within `AGE_TOLERANCE` and `FEMALE_TOLERANCE`. Each parity test also checks that
+ignoring the orientation tag would fail it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 from PIL import Image
 from tiny_checkpoints import tiny_checkpoint
 
-from utkface import images
+from utkface import images, released
 from utkface.images import MIN_FACE_SIDE, ImageError, load_rgb
 from utkface.predict import Predictor
 from utkface.sources import iter_members
@@ -205,12 +206,9 @@ def test_tolerance_is_tighter_than_a_wrong_orientation(predictor, originals):
     assert_orientation_matters(predictor, originals, outputs(predictor, list(originals)))
 
 
-@pytest.mark.skipif(
-    not os.environ.get("UTKFACE_PARITY_CHECKPOINT"),
-    reason="set UTKFACE_PARITY_CHECKPOINT to a trained checkpoint to compare lossy variants",
-)
 def test_trained_model_parity_on_jpeg_variants(originals):
-    predictor = Predictor.from_checkpoint(os.environ["UTKFACE_PARITY_CHECKPOINT"], faces="aligned")
+    checkpoint = os.environ.get("UTKFACE_PARITY_CHECKPOINT") or released.path()
+    predictor = Predictor.from_checkpoint(checkpoint, faces="aligned")
     want = outputs(predictor, list(originals))
     want_grey = outputs(predictor, [grey(pixels) for pixels in originals])
     stored = [jpeg_variants(pixels) for pixels in originals]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utkface import released
 from utkface.atomic import atomic_open, atomic_write
 from utkface.errors import OptionError, UtkfaceError
 from utkface.models import build_model, model_tasks
@@ -119,7 +120,7 @@ def read_checkpoint(source: str | os.PathLike | bytes, sha256: str | None = None
     """The checkpoint as a dict (metadata keys plus `state_dict`, and `train_state` in a
     `last.pt`), from a file or its bytes in either format, with a clear `CheckpointError` for a
     missing, foreign, corrupt or unsafe file, or one whose SHA-256 is not `sha256` (checked
-    before parsing)."""
+    before parsing). The released model's file is always checked against `released.SHA256`."""
     if isinstance(source, bytes):
         path, data = Path("<checkpoint bytes>"), source
     else:
@@ -127,6 +128,7 @@ def read_checkpoint(source: str | os.PathLike | bytes, sha256: str | None = None
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint file")
         data = path.read_bytes()
+        sha256 = sha256 or released.expected_sha256(path)
     if sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256.lower():
@@ -171,6 +173,37 @@ def load_checkpoint(
     meta = {key: value for key, value in state.items() if key in META_KEYS}
     meta.update(preprocess=preprocess, path=str(path))
     return model, meta
+
+
+def describe_checkpoint(source: str | os.PathLike) -> str:
+    """What `utkface info` prints: the file (size, SHA-256, whether it is the released model),
+    the model and its input, the training recipe and the scores that selected it."""
+    state = read_checkpoint(source)
+    data = Path(source).read_bytes()
+    weights = state["state_dict"].values()
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in weights if t.is_floating_point()})
+    spec, config, metrics = state["model"], state.get("config") or {}, state.get("metrics") or {}
+    name = f"released model {released.NAME}" if released.expected_sha256(source) else "checkpoint"
+    ema = metrics.get("selected") == "ema"
+    prefix, weights_kind = ("val_ema_", "EMA") if ema else ("val_", "raw")
+    lines = [
+        f"{name}: {source} ({len(data) / 1e6:.1f} MB, sha256 {hashlib.sha256(data).hexdigest()})",
+        f"model: {spec['name']}, tasks {', '.join(spec['tasks'])}, "
+        f"{sum(t.numel() for t in weights) / 1e6:.2f} M values ({', '.join(dtypes)}), "
+        f"input {state['preprocess'].get('size')} px",
+    ]
+    recipe = ("epochs", "time_budget", "batch_size", "lr", "photo_augment", "balance_alpha", "seed")
+    if config:
+        lines.append("trained: " + ", ".join(f"{k} {config[k]}" for k in recipe if k in config))
+    if f"{prefix}mae" in metrics:
+        lines.append(
+            f"selected on val at epoch {state.get('epoch')} ({weights_kind} weights): "
+            f"age MAE {metrics[f'{prefix}mae']:.2f}, gender accuracy "
+            f"{100 * metrics[f'{prefix}gender_acc']:.1f}% (scores: MODEL_CARD.md)"
+        )
+    if name != "checkpoint":
+        lines.append(f"terms: {released.TERMS}")
+    return "\n".join(lines)
 
 
 def _read_torch(path: Path, data: bytes) -> Any:

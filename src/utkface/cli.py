@@ -52,11 +52,7 @@ def add_evaluate_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="score a checkpoint: metrics, breakdowns, calibration, plots, report"
     )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="checkpoint from `train` (.pt) or `export --format safetensors`",
-    )
+    add_checkpoint_argument(parser, "from `train` (.pt) or `export --format safetensors`")
     add_data_arguments(parser)
     parser.add_argument(
         "--split",
@@ -65,7 +61,9 @@ def add_evaluate_parser(subparsers) -> None:
         help="a split of the prepared --data, or 'all' to scan every file of --data without "
         "preparing it (default: test without --data, all with --data)",
     )
-    parser.add_argument("--out", help="report folder (default: beside the checkpoint)")
+    parser.add_argument(
+        "--out", help="report folder (default: beside the checkpoint; here for the released one)"
+    )
     parser.add_argument("--tta", action="store_true", help="average with the mirrored image")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", help="cpu, cuda, mps (default: cuda if available)")
@@ -81,17 +79,16 @@ def add_evaluate_parser(subparsers) -> None:
     )
 
     def run(args) -> int:
-        from pathlib import Path
-
         from utkface.evaluate import evaluate
         from utkface.multisource import parse_sources, unique_names
+        from utkface.released import output_path
         from utkface.report import summary
 
         sources = parse_sources(args.data, args.labels, args.faces) if args.data else None
         name = args.split or ("all" if args.data else "test")
         if args.data and name == "all":
             name = "+".join(unique_names(sources))
-        out = args.out or Path(args.checkpoint).parent / f"eval-{name}"
+        out = args.out or output_path(args.checkpoint, f"eval-{name}")
         report = evaluate(
             args.checkpoint,
             data=sources,
@@ -119,7 +116,7 @@ def add_export_parser(subparsers) -> None:
         "export",
         help="export a checkpoint to ONNX or safetensors, checked for parity with PyTorch",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file from `train`")
+    add_checkpoint_argument(parser, "from `train` (.pt) or `export --format safetensors`")
     parser.add_argument(
         "--format",
         choices=("onnx", "safetensors"),
@@ -127,7 +124,9 @@ def add_export_parser(subparsers) -> None:
         help="onnx: graph with preprocessing inside; safetensors: pickle-free weights + metadata",
     )
     parser.add_argument(
-        "--out", help="output file (default: the checkpoint with .onnx or .safetensors)"
+        "--out",
+        help="output file (default: the checkpoint with .onnx or .safetensors; here for the "
+        "released model)",
     )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
     parser.add_argument("--half", action="store_true", help="safetensors: float16 weights")
@@ -168,9 +167,7 @@ def add_export_parser(subparsers) -> None:
 
 def add_serve_parser(subparsers) -> None:
     parser = subparsers.add_parser("serve", help="web demo and JSON API for a checkpoint")
-    parser.add_argument(
-        "--checkpoint", required=True, help="checkpoint (.pt or .safetensors) or export (.onnx)"
-    )
+    add_checkpoint_argument(parser, "(.pt or .safetensors) or export (.onnx)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
@@ -314,9 +311,7 @@ def add_predict_parser(subparsers) -> None:
         "column), .parquet; or video files (.mp4, .mkv, .webm, .mov, .avi, ...: faces "
         "tracked over frames, extra utkface[video])",
     )
-    parser.add_argument(
-        "--checkpoint", required=True, help="checkpoint (.pt or .safetensors) or export (.onnx)"
-    )
+    add_checkpoint_argument(parser, "(.pt or .safetensors) or export (.onnx)")
     add_faces_argument(
         parser,
         "aligned: each input is already a UTKFace-like face crop; detect: find every face "
@@ -509,6 +504,15 @@ def add_data_arguments(parser) -> None:
     )
 
 
+def add_checkpoint_argument(parser, kinds: str) -> None:
+    """--checkpoint of the commands that use a model; `main` puts the released one in its place
+    when it is not given."""
+    parser.add_argument(
+        "--checkpoint",
+        help=f"checkpoint {kinds} (default: the released model, see `utkface info`)",
+    )
+
+
 def add_faces_argument(parser, help_text: str) -> None:
     """--faces: how a photo becomes face crops (the modes of `predict.FACE_MODES`)."""
     parser.add_argument(
@@ -516,7 +520,23 @@ def add_faces_argument(parser, help_text: str) -> None:
     )
 
 
+def add_info_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info", help="what a checkpoint is: model, input, training recipe, scores, file, terms"
+    )
+    add_checkpoint_argument(parser, "(.pt or .safetensors)")
+
+    def run(args) -> int:
+        from utkface.checkpoint import describe_checkpoint
+
+        print(describe_checkpoint(args.checkpoint))
+        return 0
+
+    parser.set_defaults(func=run)
+
+
 PARSERS = [
+    add_info_parser,
     add_prepare_parser,
     add_cache_parser,
     add_train_parser,
@@ -532,10 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of every error, user errors too"
     )
+    parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add_parser in PARSERS:
         add_parser(subparsers)
     return parser
+
+
+def _version() -> str:
+    from utkface import __version__
+    from utkface.released import describe
+
+    return f"utkface {__version__}; {describe()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     the user can fix) is one line and exit status 2; anything else is a bug and keeps its
     traceback, as do user errors with `--debug`."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "checkpoint", "") is None:  # a command that uses a model, none given
+        from utkface.released import checkpoint_or_released
+
+        args.checkpoint = checkpoint_or_released(None)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

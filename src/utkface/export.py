@@ -41,6 +41,7 @@ from utkface.inference import predict_arrays
 from utkface.models import decode_outputs
 from utkface.names import IMAGE_SUFFIXES
 from utkface.preprocess import Preprocess
+from utkface.released import output_path
 
 # Opset 18 is the torch.export-based exporter's native opset (no version conversion) and runs on
 # every ONNX Runtime since 1.14, well below the `onnxruntime>=1.18` the extra asks for.
@@ -98,14 +99,15 @@ def export_onnx(
     images: str | os.PathLike | Sequence | np.ndarray | None = None,
     verbose: bool = True,
 ) -> Path:
-    """Export `checkpoint` to ONNX at `out` (default: the checkpoint path with `.onnx`).
+    """Export `checkpoint` to ONNX at `out` (default: the checkpoint path with `.onnx`; the
+    current folder for the released model).
 
     `check` runs the parity check on `images` (a folder / archive of image files, a list of
     image sources, or a uint8 `(N, S, S, 3)` array; default: real crops from the shared UTKFace
     archive) and raises `ParityError` above `TOLERANCE`, in which case nothing is written.
     """
     checkpoint = Path(checkpoint)
-    out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
+    out = Path(out) if out is not None else output_path(checkpoint, f"{checkpoint.stem}.onnx")
     model, meta = load_checkpoint(checkpoint)
     proto = export_model(model, meta, opset)
     if check:
@@ -293,13 +295,15 @@ def export_safetensors(
     tolerance: dict[str, float] | None = None,
 ) -> Path:
     """Write `checkpoint` as one pickle-free `.safetensors` file (weights + JSON metadata, see
-    `checkpoint.py`) at `out` (default: beside it, `.safetensors` or `.fp16.safetensors`);
+    `checkpoint.py`) at `out` (default: beside it, or in the current folder for the released model,
+    `.safetensors` or `.fp16.safetensors`);
     `half` stores float16 weights. `check` reloads the bytes and compares predictions with the
     checkpoint's on `images` (as in `export_onnx`): identical for float32, within
     `tolerance` (default `HALF_TOLERANCE`) for float16; otherwise `ParityError` and nothing is
     written."""
     checkpoint = Path(checkpoint)
-    out = Path(out) if out else checkpoint.with_suffix(".fp16" * half + ".safetensors")
+    name = f"{checkpoint.stem}{'.fp16' * half}.safetensors"
+    out = Path(out) if out else output_path(checkpoint, name)
     model, meta = load_checkpoint(checkpoint)
     blob = safetensors_bytes(model, meta, torch.float16 if half else torch.float32)
     if check:

@@ -1,6 +1,7 @@
 """Age and gender for every face in any photo: the `Predictor` API and `utkface predict`.
 
-    predictor = Predictor.from_checkpoint("runs/x/best.pt")          # model loaded once
+    predictor = Predictor.from_pretrained()                         # the released model
+    predictor = Predictor.from_checkpoint("runs/x/best.pt")          # or your own; loaded once
     result = predictor.predict("photo.jpg")                         # one input -> Prediction
     results = predictor.predict(["a.png", pil_image, array])        # many -> list, same order
     for face in result.faces:
@@ -43,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from utkface import faces as face_finder
+from utkface import released
 from utkface.checkpoint import load_checkpoint
 from utkface.errors import OptionError
 from utkface.images import ImageError, ImageSource, open_rgb, square_resize
@@ -138,6 +140,12 @@ class Predictor:
         if backend not in BACKENDS:
             raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         return cls(BACKENDS[backend](path, device=device), backend_name=backend, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, device: str = "cpu", backend: str = "torch", **kwargs) -> Predictor:
+        """The released model shipped in the package (`released.py`, MODEL_CARD.md), its
+        SHA-256 checked when loaded; the options are `from_checkpoint`'s."""
+        return cls.from_checkpoint(released.path(), device=device, backend=backend, **kwargs)
 
     def predict(self, images, faces: str | None = None) -> Prediction | list[Prediction]:
         """One input (path, bytes, PIL image, `(H, W[, C])` array) -> one `Prediction`; a list,
