@@ -128,11 +128,9 @@ def create_app(
 
     @app.post("/api/predict")
     async def api_predict(request: Request) -> dict:
-        async with gate.admit():  # 503 past the bound, before the body is read
-            data, declared = await gate.upload(_read_upload(request, accepted))
-            found = _check_image(data, declared, accepted, max_pixels)
-            started = time.perf_counter()
-            result = await gate.run(predictor.predict, data)
+        result, found, elapsed_ms = await _on_upload(
+            request, gate, accepted, max_pixels, predictor.predict
+        )
         if result.error:
             raise ApiError(400, "corrupt_image", f"the image cannot be decoded: {result.error}")
         return {
@@ -140,7 +138,7 @@ def create_app(
             "mode": result.mode,  # "aligned": taken as one face crop; "detect": faces searched
             "faces": [_face_json(face) for face in result.faces],
             "backend": info["backend"],
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+            "elapsed_ms": elapsed_ms,
         }
 
     _add_camera_route(app, predictor, accepted, max_pixels, gate)
@@ -178,11 +176,10 @@ def _add_camera_route(app: FastAPI, predictor, accepted, max_pixels, gate: Admis
             raise ApiError(400, "bad_session", "session must be 8-64 letters, digits, - or _")
         if t is not None and not (math.isfinite(t) and t >= 0):
             raise ApiError(400, "bad_time", "t must be a capture time in seconds, >= 0")
-        async with gate.admit():  # the same bound and timeouts as /api/predict
-            data, declared = await gate.upload(_read_upload(request, accepted))
-            found = _check_image(data, declared, accepted, max_pixels)
-            started = time.perf_counter()
-            result = await gate.run(track, sessions.get(session), data, t)
+        stream = sessions.get(session)
+        result, found, elapsed_ms = await _on_upload(
+            request, gate, accepted, max_pixels, lambda data: track(stream, data, t)
+        )
         faces = [
             {**_face_json(face.smoothed), "track": face.track, "frame": _face_json(face.face)}
             for face in result.faces
@@ -190,8 +187,20 @@ def _add_camera_route(app: FastAPI, predictor, accepted, max_pixels, gate: Admis
         return {
             "image": {"width": result.width, "height": result.height, "format": found},
             "faces": faces,
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+            "elapsed_ms": elapsed_ms,
         }
+
+
+async def _on_upload(request: Request, gate: Admission, accepted, max_pixels, work):
+    """What both image routes do: admitted by `gate` (503 past its bound, before the body is
+    read), the upload read within its timeout, the image's header checked, then `work(bytes)`
+    run in the gate's pool. Returns `(work's result, image format, milliseconds of work)`."""
+    async with gate.admit():
+        data, declared = await gate.upload(_read_upload(request, accepted))
+        found = _check_image(data, declared, accepted, max_pixels)
+        started = time.perf_counter()
+        result = await gate.run(work, data)
+    return result, found, round((time.perf_counter() - started) * 1000, 1)
 
 
 async def _read_upload(request: Request, accepted: dict[str, str]) -> tuple[bytes, str]:
