@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a .pt checkpoint from `train`")
     parser.add_argument("--data", help="UTKFace download (default: $UTKFACE_DATA)")
-    parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="faces to score")
+    parser.add_argument(
+        "--split", default="val", choices=("train", "val", "test"), help="faces to score"
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N faces of the split")
     parser.add_argument("--loads", type=int, default=5, help="timed loads per format")
     args = parser.parse_args(argv)

@@ -27,11 +27,12 @@ from utkface.sources import iter_members
 
 REPO = Path(__file__).resolve().parents[1]
 FACES, STRIDE = 400, 5  # of the download's 2,112 test-split crops
-# Floors for those faces, from the shipped model's own scores on them (MODEL_CARD.md, no TTA:
-# MAE 4.37 years, gender 94.8%) with room for float differences between machines only; a
-# model trained for a few epochs less, or another release, falls below them.
-MAE_CEILING = 5.0
-GENDER_FLOOR = 0.90
+# Floors for those faces, from the shipped model's own scores on them (2026-11-28, no TTA: MAE
+# 4.716 years, gender 94.00%) with room for float differences between machines only (0.02
+# years, two faces' gender). The session-3 model, 13 epochs of the same recipe, scores 4.752 /
+# 93.00% here and fails both.
+MAE_CEILING = 4.74
+GENDER_FLOOR = 0.935
 
 
 @pytest.fixture(scope="module")

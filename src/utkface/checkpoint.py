@@ -193,6 +193,8 @@ def describe_checkpoint(source: str | os.PathLike) -> str:
         f"input {state['preprocess'].get('size')} px",
     ]
     recipe = ("epochs", "time_budget", "batch_size", "lr", "photo_augment", "balance_alpha", "seed")
+    if config.get("time_budget"):  # the schedule was fitted to the minutes, not to `epochs`
+        recipe = tuple(key for key in recipe if key != "epochs")
     if config:
         lines.append("trained: " + ", ".join(f"{k} {config[k]}" for k in recipe if k in config))
     if f"{prefix}mae" in metrics:

@@ -18,7 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 
 NAME = "utkface-mnv2-112-2026.11"  # model family, input side, release
-SHA256 = "f12a111df34d5ca7c5c7e9c527d4b813efe1fed28569a72b0ac34f5b6be44ecb"
+SHA256 = "9d415afb73fe651d78b601784e3fac73346c5032dfa289a82697f949fee0379d"
 TERMS = "weights trained on UTKFace: non-commercial research use only (see MODEL_CARD.md)"
 
 
