@@ -183,7 +183,8 @@ def describe_checkpoint(source: str | os.PathLike) -> str:
     weights = state["state_dict"].values()
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in weights if t.is_floating_point()})
     spec, config, metrics = state["model"], state.get("config") or {}, state.get("metrics") or {}
-    name = f"released model {released.NAME}" if released.expected_sha256(source) else "checkpoint"
+    is_released = released.expected_sha256(source) is not None
+    name = f"released model {released.NAME}" if is_released else "checkpoint"
     ema = metrics.get("selected") == "ema"
     prefix, weights_kind = ("val_ema_", "EMA") if ema else ("val_", "raw")
     lines = [
@@ -203,7 +204,7 @@ def describe_checkpoint(source: str | os.PathLike) -> str:
             f"age MAE {metrics[f'{prefix}mae']:.2f}, gender accuracy "
             f"{100 * metrics[f'{prefix}gender_acc']:.1f}% (scores: MODEL_CARD.md)"
         )
-    if name != "checkpoint":
+    if is_released:
         lines.append(f"terms: {released.TERMS}")
     return "\n".join(lines)
 

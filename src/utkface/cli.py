@@ -572,9 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     traceback, as do user errors with `--debug`."""
     args = build_parser().parse_args(argv)
     if getattr(args, "checkpoint", "") is None:  # a command that uses a model, none given
-        from utkface.released import checkpoint_or_released
+        from utkface import released
 
-        args.checkpoint = checkpoint_or_released(None)
+        args.checkpoint = str(released.path())
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

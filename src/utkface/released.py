@@ -27,11 +27,6 @@ def path() -> Path:
     return Path(str(files("utkface").joinpath("weights", f"{NAME}.safetensors")))
 
 
-def checkpoint_or_released(checkpoint: str | os.PathLike | None) -> str:
-    """`checkpoint` as given, or the released model's file when it is None."""
-    return str(path() if checkpoint is None else checkpoint)
-
-
 def expected_sha256(source: str | os.PathLike) -> str | None:
     """`SHA256` when `source` is the released file (however it is spelt), else None."""
     try:

@@ -176,9 +176,8 @@ def _add_camera_route(app: FastAPI, predictor, accepted, max_pixels, gate: Admis
             raise ApiError(400, "bad_session", "session must be 8-64 letters, digits, - or _")
         if t is not None and not (math.isfinite(t) and t >= 0):
             raise ApiError(400, "bad_time", "t must be a capture time in seconds, >= 0")
-        stream = sessions.get(session)
         result, found, elapsed_ms = await _on_upload(
-            request, gate, accepted, max_pixels, lambda data: track(stream, data, t)
+            request, gate, accepted, max_pixels, lambda data: track(sessions.get(session), data, t)
         )
         faces = [
             {**_face_json(face.smoothed), "track": face.track, "frame": _face_json(face.face)}
