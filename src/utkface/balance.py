@@ -21,16 +21,14 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from utkface.errors import OptionError
-from utkface.names import FAIRNESS_BANDS, RACES
+from utkface.names import FAIRNESS_BANDS, RACES, band_index
 
 
 def cells(labels: dict) -> np.ndarray:
     """Each sample's race x age band cell as one int: race (unknown = last) x band."""
     race = np.asarray(labels["race"], dtype=np.int64)
     race = np.where((race >= 0) & (race < len(RACES)), race, len(RACES))
-    lows = np.array([low for _, low, _ in FAIRNESS_BANDS])
-    band = np.searchsorted(lows, np.asarray(labels["age"]), side="right") - 1
-    return race * len(FAIRNESS_BANDS) + band
+    return race * len(FAIRNESS_BANDS) + band_index(labels["age"], FAIRNESS_BANDS)
 
 
 def sample_weights(labels: dict, alpha: float) -> np.ndarray:

@@ -33,9 +33,9 @@ import numpy as np
 from utkface import faces as face_finder
 from utkface import images as image_io
 from utkface import landmarks
-from utkface.errors import OptionError, UtkfaceError
+from utkface.errors import UtkfaceError
 from utkface.names import MAX_AGE, RACES, UNKNOWN_RACE, Label, LabelError
-from utkface.predict import FACE_MODES  # the modes of `utkface predict --faces`
+from utkface.predict import check_mode  # the modes of `utkface predict --faces`
 
 REQUIRED = ("file", "age", "gender")
 GENDER_WORDS = {"0": 0, "1": 1, "male": 0, "female": 1, "m": 0, "f": 1}
@@ -117,8 +117,8 @@ def face_crop(payload: bytes, size: int, faces: str = "auto") -> np.ndarray:
     image = image_io.open_rgb(payload)
     if faces == "auto":
         aligned, found = face_finder.looks_aligned(image)
-        if aligned:  # decoded again exactly as the UTKFace files are, like `predict` does
-            return image_io.load_rgb(payload, size)
+        if aligned:  # `load_rgb` is `square_resize(open_rgb)`: the same pixels, decoded once
+            return image_io.square_resize(image, size)
     else:
         found = face_finder.detect_faces(image)
     if not found:
@@ -141,8 +141,7 @@ def scan_labelled(
     """`data.scan` of a photo collection labelled by the CSV `labels` (see the module doc)."""
     from utkface.data import Skipped, scan
 
-    if faces not in FACE_MODES:
-        raise OptionError(f"unknown faces mode {faces!r}; choose one of {', '.join(FACE_MODES)}")
+    check_mode(faces)
     table, skipped = read_labels(labels)
     if faces != "aligned":
         face_finder.require_detector()  # fail before the scan, naming the extra to install

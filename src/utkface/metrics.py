@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from utkface.names import AGE_BANDS, FAIRNESS_BANDS, GENDERS, RACES, UNKNOWN_RACE
+from utkface.names import AGE_BANDS, FAIRNESS_BANDS, GENDERS, RACES, UNKNOWN_RACE, band_index
 
 CS_KS = tuple(range(1, 11))  # CS@k: share of ages predicted within k years; CS@5 is the headline
 ECE_BINS = 15
@@ -186,8 +186,7 @@ def group_names(labels: dict, by: str) -> tuple[np.ndarray, list[str]]:
     (including groups with no samples)."""
     if by in ("age_band", "fairness_band"):
         bands = AGE_BANDS if by == "age_band" else FAIRNESS_BANDS
-        lows = np.array([low for _, low, _ in bands])
-        index = np.searchsorted(lows, np.asarray(labels["age"]), side="right") - 1
+        index = band_index(labels["age"], bands)
         order = [name for name, _, _ in bands]
         return np.array(order, dtype=object)[index], order
     if by == "gender":

@@ -98,13 +98,13 @@ def prepare_sources(
 
 def scan_sources(sources, size: int = 128, workers=None, progress: bool = False) -> data.Scan:
     """Every file of every source, unsplit (`evaluate --split all`)."""
-    from utkface.labelled import scan_labelled
+    from utkface.labelled import scanner
 
     specs = parse_sources(sources)
     parts = [
-        scan_labelled(spec.path, spec.labels, size, spec.faces, workers, progress)
-        if spec.labels
-        else data.scan(spec.path, size, workers=workers, progress=progress)
+        (scanner(spec.labels, spec.faces) if spec.labels else data.scan)(
+            spec.path, size, workers=workers, progress=progress
+        )
         for spec in specs
     ]
     return parts[0] if len(parts) == 1 else combine(parts, unique_names(specs))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from utkface.errors import UtkfaceError
 
 MAX_AGE = 116
@@ -76,6 +78,12 @@ FAIRNESS_BANDS = (
     ("40-59", 40, 59),
     ("60+", 60, MAX_AGE),
 )
+
+
+def band_index(ages, bands=FAIRNESS_BANDS) -> np.ndarray:
+    """Each age's position in `bands` (`AGE_BANDS` or `FAIRNESS_BANDS`), as ints."""
+    lows = np.array([low for _, low, _ in bands])
+    return np.searchsorted(lows, np.asarray(ages), side="right") - 1
 
 
 def age_band(age: int) -> str:

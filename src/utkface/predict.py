@@ -121,7 +121,7 @@ class Predictor:
         backend_name: str = "custom",
         processes: bool = False,
     ):
-        _check_mode(faces)
+        check_mode(faces)
         if batch_size < 1:
             raise OptionError(f"batch_size must be at least 1, got {batch_size}")
         self.backend, self.backend_name = backend, backend_name
@@ -161,7 +161,7 @@ class Predictor:
     ) -> Iterator[Prediction]:
         """Predictions in input order, streamed: at most a few batches are in memory."""
         mode = faces or self.faces
-        _check_mode(mode)
+        check_mode(mode)
         if mode != "aligned":
             face_finder.require_detector()  # fail before the run, naming the extra
         window = max(2 * self.workers, 4)
@@ -269,7 +269,8 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _check_mode(faces: str) -> None:
+def check_mode(faces: str) -> None:
+    """`OptionError` unless `faces` is one of `FACE_MODES`."""
     if faces not in FACE_MODES:
         raise OptionError(f"unknown faces mode {faces!r}; choose one of {', '.join(FACE_MODES)}")
 

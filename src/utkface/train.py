@@ -147,10 +147,11 @@ class Trainer:
         }
         # Batches are read from the memory-mapped cache (pages shared by every process of a
         # node through the page cache), never copied whole into each rank's memory.
-        self.labels = {key: torch.from_numpy(value) for key, value in dataset.labels().items()}
+        labels = dataset.labels()
+        self.labels = {key: torch.from_numpy(value) for key, value in labels.items()}
         self.sample_weights = None  # balance_alpha 0: a plain shuffle, as before the option
         if config.balance_alpha:
-            train_labels = dataset.labels(self.split["train"])
+            train_labels = {key: value[self.split["train"]] for key, value in labels.items()}
             self.sample_weights = balance.sample_weights(train_labels, config.balance_alpha)
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
