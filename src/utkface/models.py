@@ -25,7 +25,6 @@ from utkface.names import NUM_AGES, RACES
 from utkface.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 TASKS = ("age", "gender", "race")
-SEED_MODELS = ("seed_gender", "seed_age")
 # name -> attribute holding the ImageNet classifier, which is replaced by our heads
 BACKBONES = {
     "mobilenet_v2": "classifier",
@@ -35,7 +34,6 @@ BACKBONES = {
     "resnet18": "fc",
     "resnet50": "fc",
 }
-MODEL_NAMES = tuple(BACKBONES) + SEED_MODELS
 TASK_OUTPUTS = {"age": NUM_AGES, "gender": 1, "race": len(RACES)}
 INTERVAL = (0.1, 0.9)  # the age interval is the 10th..90th percentile of the age distribution
 
@@ -118,6 +116,7 @@ MODELS: dict[str, ModelEntry] = {
         _seed_cnn((128, 128, 256, 512), "age_value"), ("age",), (0.0,) * 3, (1.0,) * 3, ()
     ),
 }
+MODEL_NAMES = tuple(MODELS)  # the backbones, then the seed's two CNNs
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -148,6 +147,13 @@ def model_tasks(name: str, tasks: Sequence[str]) -> tuple[str, ...]:
     return model_entry(name).tasks or tuple(tasks)
 
 
+def decode_age(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, 117) age distributions -> expected age and the `INTERVAL` percentiles, each (B,)."""
+    ages = torch.arange(probs.shape[1], device=probs.device, dtype=probs.dtype)
+    low, high = (age_quantile(probs, q) for q in INTERVAL)
+    return probs @ ages, low, high
+
+
 @torch.no_grad()
 def decode_outputs(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Raw outputs -> predictions: `age`, `age_low`, `age_high`, `age_probs` (the (B, 117)
@@ -155,9 +161,7 @@ def decode_outputs(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     if "age" in raw:
         probs = raw["age"].float().softmax(dim=1)  # (B, 117)
-        ages = torch.arange(probs.shape[1], device=probs.device, dtype=probs.dtype)
-        out["age"] = probs @ ages
-        out["age_low"], out["age_high"] = (age_quantile(probs, q) for q in INTERVAL)
+        out["age"], out["age_low"], out["age_high"] = decode_age(probs)
         out["age_probs"] = probs
     if "age_value" in raw:
         out["age"] = raw["age_value"].float()

@@ -180,14 +180,13 @@ class Predictor:
                 pending.append(future.result())
             yield from self._finish(pending)
 
-    def predict_video(self, source, every: int | None = None, max_frames=None, **options):
+    def predict_video(self, source, **options):
         """Per-frame `video_faces.FrameResult`s for a video file (extra `utkface[video]`) or an
         iterable of frames, faces followed into tracks with smoothed estimates; see
-        `video_faces.predict_video` for the options."""
-        from utkface.video_faces import DEFAULT_EVERY, predict_video
+        `video_faces.predict_video` for the options (`every`, `max_frames`, ...)."""
+        from utkface.video_faces import predict_video
 
-        every = DEFAULT_EVERY if every is None else every
-        return predict_video(self, source, every=every, max_frames=max_frames, **options)
+        return predict_video(self, source, **options)
 
     def _pool(self) -> Executor:
         if not self.processes:

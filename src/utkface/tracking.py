@@ -37,7 +37,7 @@ import torch
 
 from utkface.errors import OptionError
 from utkface.faces import Box, box_iou
-from utkface.models import INTERVAL, age_quantile
+from utkface.models import decode_age
 
 GENDER_LOGIT_LIMIT = 20.0  # P(female) 0 or 1 from a backend would give an infinite logit
 
@@ -173,8 +173,7 @@ def _estimate(average: dict[str, np.ndarray], observations: int) -> Estimate:
     estimate = Estimate(observations=observations)
     if "age_probs" in average:
         probs = torch.from_numpy(average["age_probs"][None])  # (1, 117)
-        estimate.age = float(probs[0] @ torch.arange(probs.shape[1], dtype=probs.dtype))
-        estimate.age_low, estimate.age_high = (float(age_quantile(probs, q)) for q in INTERVAL)
+        estimate.age, estimate.age_low, estimate.age_high = map(float, decode_age(probs))
     for key in ("age", "age_low", "age_high"):
         if key in average:
             setattr(estimate, key, float(average[key]))

@@ -81,7 +81,8 @@ class FaceStream:
 
     def _step(self, image: np.ndarray | Image.Image, time: float) -> FrameResult:
         picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
-        picture = picture.convert("RGB")
+        if picture.mode != "RGB":  # frames are RGB already: no copy of every frame for nothing
+            picture = picture.convert("RGB")
         detect = self.count % self.every == 0
         result = FrameResult(self.count, time, picture.width, picture.height, detected=detect)
         self.count += 1
@@ -97,10 +98,10 @@ class FaceStream:
             ]
         if not located:
             return result
-        size = self.predictor.size
+        size, pixels = self.predictor.size, np.asarray(picture)  # one array for every face
         crops = np.stack(
             [
-                face_finder.crop_face(picture, face_finder.utkface_crop(box), size)
+                face_finder.crop_face(pixels, face_finder.utkface_crop(box), size)
                 for _, box, _ in located
             ]
         )  # (K, S, S, 3) uint8
