@@ -103,6 +103,13 @@ def _onnx_backend(path: str | os.PathLike, device: str = "cpu"):
 BACKENDS: dict[str, Callable] = {"torch": TorchBackend.from_checkpoint, "onnx": _onnx_backend}
 
 
+def backend_loader(name: str) -> Callable:
+    """The loader `(path, device) -> backend` of `BACKENDS[name]`; `OptionError` for another."""
+    if name not in BACKENDS:
+        raise OptionError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
 @dataclass
 class Prepared:
     prediction: Prediction
@@ -137,9 +144,7 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | os.PathLike, device: str = "cpu", backend: str = "torch", **kwargs
     ) -> Predictor:
-        if backend not in BACKENDS:
-            raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        return cls(BACKENDS[backend](path, device=device), backend_name=backend, **kwargs)
+        return cls(backend_loader(backend)(path, device=device), backend_name=backend, **kwargs)
 
     @classmethod
     def from_pretrained(cls, device: str = "cpu", backend: str = "torch", **kwargs) -> Predictor:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from utkface.errors import MissingExtra, OptionError
-from utkface.predict import BACKENDS, FaceResult, Prediction, fill_face, prepare_input
+from utkface.predict import FaceResult, Prediction, backend_loader, fill_face, prepare_input
 from utkface.predict_files import RunSummary
 from utkface.predict_inputs import FOLDER_SUFFIXES, in_shard, iter_inputs
 from utkface.predict_output import CSV_COLUMNS, csv_rows, parquet_schema
@@ -63,8 +63,7 @@ def predict_ray(
     (see the module docstring). Uses the running Ray (e.g. `ray.init` by the caller), else
     connects to `address`, else starts a local one. Returns the counts of what was written."""
     ray = require_ray()
-    if backend not in BACKENDS:
-        raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    backend_loader(backend)  # an unknown name fails here, before Ray starts
     local_out = "://" not in str(out)
     if local_out and Path(out).is_dir() and any(Path(out).glob("*.parquet")):
         raise OptionError(f"{out} already holds Parquet files; choose another --out")
@@ -104,7 +103,7 @@ def predict_ray(
 
 def _model_size(checkpoint: str | os.PathLike, backend: str) -> int:
     """The crop side the model wants, from the checkpoint alone."""
-    return BACKENDS[backend](checkpoint, device="cpu").preprocess.size
+    return backend_loader(backend)(checkpoint, device="cpu").preprocess.size
 
 
 def _crop_rows(row: dict, faces: str, size: int) -> list[dict]:
@@ -123,7 +122,7 @@ class _Model:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"model{suffix}"
             path.write_bytes(model_bytes)
-            self.backend = BACKENDS[backend](path, device=device)
+            self.backend = backend_loader(backend)(path, device=device)
 
     def __call__(self, batch):  # a pandas DataFrame of rows from `_crop_rows`
         import pyarrow as pa
