@@ -12,10 +12,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +270,28 @@ def test_time_budget_computes_a_finite_schedule(real_dataset, tmp_path, capsys):
     assert "test" not in json.loads((tmp_path / "budget" / "final_metrics.json").read_text())
     assert len(_rows(tmp_path / "budget" / "metrics.csv")) == state["epoch"]
     assert "time budget 0.05 min at" in capsys.readouterr().out
+
+
+def test_time_budget_leaves_the_first_steps_out_of_the_speed(real_dataset, tmp_path, capsys):
+    # A process's first steps load kernels and choose algorithms (25 s on a GPU). Here the first
+    # step takes 3 s more. Had it been timed, the speed the schedule is fitted to would be at
+    # most 4 steps x 16 images / 3 s = 21 img/s (the first epoch has 4 steps).
+    def slow_first_step(step):
+        if step == 1:
+            time.sleep(3)
+
+    config = small_config(time_budget=0.1, epochs=1000)
+    train(
+        config,
+        real_dataset,
+        tmp_path / "warm",
+        subset=SUBSET,
+        progress=False,
+        report_test=False,
+        on_step=slow_first_step,
+    )
+    rate = re.search(r"time budget 0.1 min at (\d+) img/s", capsys.readouterr().out)
+    assert rate and int(rate.group(1)) > 3 * 21
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from utkface.training.schedule import lr_at, make_optimizer
 from utkface.training.trace import RankTrace
 from utkface.training.validation import Validator
 
+WARMUP_STEPS = 2  # steps of a process left out of its speed (kernel loading, algorithm choice)
 SEED_RUNS = {"seed_gender": "gender_model", "seed_age": "age_model"}
 __all__ = ["Trainer", "load_run_config", "pick_device", "train"]
 
@@ -155,6 +156,7 @@ class Trainer:
             self.sample_weights = balance.sample_weights(train_labels, config.balance_alpha)
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
+        self.untimed_steps = WARMUP_STEPS  # this process's first steps (train_one_epoch)
 
     def run(self, resume: bool, on_step=None, report_test: bool = True) -> dict:
         config, cluster = self.config, self.cluster
@@ -174,7 +176,7 @@ class Trainer:
             while state["step"] < (state["total_steps"] or provisional) or state["step_in_epoch"]:
                 epoch_start = time.time()
                 try:
-                    trained, timed_steps = self.train_one_epoch(
+                    trained, timed_steps, timed_seconds = self.train_one_epoch(
                         net, optimizer, state, steps, provisional, budget, interrupt, on_step
                     )
                 except KeyboardInterrupt:
@@ -189,7 +191,7 @@ class Trainer:
                 if budget is not None and timed_steps:
                     per_epoch = time.time() - validation_start
                     state["total_steps"] = budget.fit(
-                        state["step"], seconds / timed_steps, per_epoch
+                        state["step"], timed_seconds / timed_steps, per_epoch
                     )
                 if cluster.main:
                     left = (state["total_steps"] or provisional) - state["step"]
@@ -223,10 +225,14 @@ class Trainer:
 
     def train_one_epoch(
         self, net, optimizer, state, steps, provisional, budget, interrupt, on_step
-    ) -> tuple[dict, int]:
+    ) -> tuple[dict, int, float]:
         """The steps of one epoch (from `state["step_in_epoch"]` on, after a resume). Returns
         the epoch's training columns (last learning rate, mean losses over all of its steps,
-        images trained on by all ranks in this process) and the number of steps timed."""
+        images per second of all ranks), and the number of steps timed and their seconds.
+
+        A process's first `WARMUP_STEPS` steps are not timed: they load kernels and choose
+        algorithms (about 25 s on a GPU, against a few milliseconds a step after), and a budget
+        fitted to them would plan a schedule a hundred times too short."""
         config, cluster, epoch = self.config, self.cluster, state["epoch"]
         batches = epoch_batches(
             self.split["train"],
@@ -271,20 +277,28 @@ class Trainer:
                 state["step_in_epoch"] += 1
                 images_done += len(rows) * cluster.world
                 timed_steps += 1
+                if self.untimed_steps:
+                    self.untimed_steps -= 1
+                    epoch_start, images_done, timed_steps = time.time(), 0, 0
                 rate = images_done / max(time.time() - epoch_start, 1e-9)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
                 bar.update()
-                if budget is not None and state["total_steps"] is None:
+                if budget is not None and state["total_steps"] is None and timed_steps:
                     elapsed = time.time() - epoch_start
-                    state["total_steps"] = budget.first_fit(state["step"], timed_steps, elapsed)
+                    epoch_done = state["step_in_epoch"] == steps
+                    state["total_steps"] = budget.first_fit(
+                        state["step"], timed_steps, elapsed, epoch_done
+                    )
                 if on_step:
                     on_step(state["step"])
                 if self.trace and self.trace.stop_after == state["step"]:
                     interrupt.request()
         mean = np.nanmean(np.array(losses), axis=0) if losses else [float("nan")] * 4
+        timed_seconds = time.time() - epoch_start
         columns = {"lr": lr, "train_loss": float(mean[0])}
         columns.update({f"train_{t}_loss": float(v) for t, v in zip(self.tasks, mean[1:])})
-        return {**columns, "images": images_done}, timed_steps
+        columns["images_per_s"] = images_done / timed_seconds if timed_steps else float("nan")
+        return columns, timed_steps, timed_seconds
 
     def _step(self, net, optimizer, rows: np.ndarray):
         images = torch.from_numpy(self.dataset.images[rows]).to(self.device, non_blocking=True)
@@ -309,11 +323,7 @@ class Trainer:
             columns, tables, selected, score = self.validator.epoch_columns(model, average)
             row.update(columns)
             fairness.record(self.out, state["epoch"], tables)  # the tables: fairness.csv
-        row.update(
-            images_per_s=row.pop("images") / max(seconds, 1e-9),
-            seconds=seconds,
-            elapsed=state["elapsed"],
-        )
+        row.update(seconds=seconds, elapsed=state["elapsed"])
         if self.cluster.main:
             state["history"].append(row)
             write_epoch_files(self.out, state["history"])

@@ -1,7 +1,8 @@
 """`--time-budget`: the number of optimizer steps that fits the minutes given.
 
-The speed is measured over the first steps (12, or fewer in short epochs), the schedule's length
-is set from it, and it is refitted after every epoch to the speed seen so far (the machine may
+The speed is measured over the first steps (12, or fewer in short epochs; a process's first two
+steps, which load kernels and choose algorithms, are left out: `train.WARMUP_STEPS`), the
+schedule's length is set from it, and it is refitted after every epoch to the speed seen so far (the machine may
 be busier or freer than at the start); the cosine learning rate follows the new length.
 """
 
@@ -33,11 +34,14 @@ class TimeBudget:
         self.val_size, self.test_size = len(splits["val"]), len(splits["test"])
         self.validations, self.steps_per_epoch, self.cluster = validations, steps_per_epoch, cluster
 
-    def first_fit(self, step: int, timed_steps: int, epoch_seconds: float) -> int | None:
-        """Total steps once the first steps of an epoch have been timed (None before)."""
-        if timed_steps != min(MEASURED_STEPS, self.steps_per_epoch):
+    def first_fit(
+        self, step: int, timed_steps: int, seconds: float, epoch_done: bool = False
+    ) -> int | None:
+        """Total steps once `MEASURED_STEPS` steps have been timed, or all of a shorter first
+        epoch (None before): `seconds` is the time those `timed_steps` took."""
+        if timed_steps < MEASURED_STEPS and not epoch_done:
             return None
-        per_step = epoch_seconds / timed_steps
+        per_step = seconds / timed_steps
         # Evaluation runs about 3x faster per image than a training step (no backward).
         validation = per_step / self.batch_size / 3 * self.val_size * self.validations
         return self.fit(step, per_step, validation, announce=True)
