@@ -64,10 +64,13 @@ def moving_faces(
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def write_clip(path: str | os.PathLike, frames, fps: float = 25.0) -> None:
-    """Write RGB frames to `path` with `video.VideoWriter` (container by suffix)."""
+def write_clip(
+    path: str | os.PathLike, frames, fps: float = 25.0, crf: int | None = None
+) -> None:
+    """Write RGB frames to `path` with `video.VideoWriter` (container by suffix; `crf` 0:
+    lossless H.264, the same decoded pixels on every run)."""
     from utkface.video import VideoWriter
 
-    with VideoWriter(path, fps) as writer:
+    with VideoWriter(path, fps, crf) as writer:
         for frame in frames:
             writer.write(frame)

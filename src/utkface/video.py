@@ -155,10 +155,12 @@ WRITE_FORMATS = {
 class VideoWriter:
     """RGB frames -> a yuv420p video file (H.264 in MP4 or Matroska, raw in `.y4m`), written to
     a temp file and renamed on success. The size is taken from the first frame (an odd side
-    loses its last pixel: yuv420p needs even ones)."""
+    loses its last pixel: yuv420p needs even ones). `crf` is H.264's constant rate factor
+    (default x264's 23; 0 is lossless: decoding gives back exactly the yuv420p frames written,
+    where a lossy encoding may differ from run to run)."""
 
-    def __init__(self, path: str | os.PathLike, fps: float):
-        self.path, self.fps = Path(path), fps
+    def __init__(self, path: str | os.PathLike, fps: float, crf: int | None = None):
+        self.path, self.fps, self.crf = Path(path), fps, crf
         self.format, self.codec = WRITE_FORMATS.get(self.path.suffix.lower(), ("mp4", "libx264"))
         self._file = self._container = self._stream = None
 
@@ -177,6 +179,8 @@ class VideoWriter:
             self._stream = self._container.add_stream(self.codec, rate=rate)
             self._stream.width, self._stream.height = width, height
             self._stream.pix_fmt = "yuv420p"
+            if self.crf is not None and self.codec == "libx264":
+                self._stream.options = {"crf": str(self.crf)}
         frame = av.VideoFrame.from_ndarray(
             np.ascontiguousarray(image[:height, :width]), format="rgb24"
         )
