@@ -37,7 +37,7 @@ from utkface.ema import WeightAverage
 from utkface.losses import multitask_loss
 from utkface.models import build_model, model_entry, model_tasks
 from utkface.multisource import prepare_sources
-from utkface.training.budget import TimeBudget
+from utkface.training.budget import StepClock, TimeBudget
 from utkface.training.distributed import Cluster, pick_device, prepared_once, setup_distributed
 from utkface.training.epoch_log import format_metrics, summary_line, write_epoch_files
 from utkface.training.interrupts import DeferredInterrupt
@@ -47,7 +47,6 @@ from utkface.training.schedule import lr_at, make_optimizer
 from utkface.training.trace import RankTrace
 from utkface.training.validation import Validator
 
-WARMUP_STEPS = 2  # steps of a process left out of its speed (kernel loading, algorithm choice)
 SEED_RUNS = {"seed_gender": "gender_model", "seed_age": "age_model"}
 __all__ = ["Trainer", "load_run_config", "pick_device", "train"]
 
@@ -156,7 +155,7 @@ class Trainer:
             self.sample_weights = balance.sample_weights(train_labels, config.balance_alpha)
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
-        self.untimed_steps = WARMUP_STEPS  # this process's first steps (train_one_epoch)
+        self.clock = StepClock()
 
     def run(self, resume: bool, on_step=None, report_test: bool = True) -> dict:
         config, cluster = self.config, self.cluster
@@ -228,11 +227,8 @@ class Trainer:
     ) -> tuple[dict, int, float]:
         """The steps of one epoch (from `state["step_in_epoch"]` on, after a resume). Returns
         the epoch's training columns (last learning rate, mean losses over all of its steps,
-        images per second of all ranks), and the number of steps timed and their seconds.
-
-        A process's first `WARMUP_STEPS` steps are not timed: they load kernels and choose
-        algorithms (about 25 s on a GPU, against a few milliseconds a step after), and a budget
-        fitted to them would plan a schedule a hundred times too short."""
+        images per second of all ranks), and the number of steps timed and their seconds
+        (`StepClock`: a process's first steps are not timed)."""
         config, cluster, epoch = self.config, self.cluster, state["epoch"]
         batches = epoch_batches(
             self.split["train"],
@@ -251,7 +247,8 @@ class Trainer:
             unit="step",
             leave=False,
         )
-        epoch_start, images_done, timed_steps = time.time(), 0, 0
+        clock = self.clock
+        clock.restart()
         losses = state["epoch_losses"]  # kept across an interruption: the row covers the epoch
         lr = optimizer.param_groups[0]["lr"]  # the last step's, if no step is left to take
         net.train()
@@ -275,30 +272,20 @@ class Trainer:
                 losses.append([loss] + [parts.get(t, float("nan")) for t in self.tasks])
                 state["step"] += 1
                 state["step_in_epoch"] += 1
-                images_done += len(rows) * cluster.world
-                timed_steps += 1
-                if self.untimed_steps:
-                    self.untimed_steps -= 1
-                    epoch_start, images_done, timed_steps = time.time(), 0, 0
-                rate = images_done / max(time.time() - epoch_start, 1e-9)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                clock.tick(len(rows) * cluster.world)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{clock.rate:.0f}")
                 bar.update()
-                if budget is not None and state["total_steps"] is None and timed_steps:
-                    elapsed = time.time() - epoch_start
+                if budget is not None and state["total_steps"] is None:
                     epoch_done = state["step_in_epoch"] == steps
-                    state["total_steps"] = budget.first_fit(
-                        state["step"], timed_steps, elapsed, epoch_done
-                    )
+                    state["total_steps"] = budget.first_fit(state["step"], clock, epoch_done)
                 if on_step:
                     on_step(state["step"])
                 if self.trace and self.trace.stop_after == state["step"]:
                     interrupt.request()
         mean = np.nanmean(np.array(losses), axis=0) if losses else [float("nan")] * 4
-        timed_seconds = time.time() - epoch_start
         columns = {"lr": lr, "train_loss": float(mean[0])}
         columns.update({f"train_{t}_loss": float(v) for t, v in zip(self.tasks, mean[1:])})
-        columns["images_per_s"] = images_done / timed_seconds if timed_steps else float("nan")
-        return columns, timed_steps, timed_seconds
+        return {**columns, "images_per_s": clock.rate}, clock.steps, clock.seconds
 
     def _step(self, net, optimizer, rows: np.ndarray):
         images = torch.from_numpy(self.dataset.images[rows]).to(self.device, non_blocking=True)
@@ -323,7 +310,8 @@ class Trainer:
             columns, tables, selected, score = self.validator.epoch_columns(model, average)
             row.update(columns)
             fairness.record(self.out, state["epoch"], tables)  # the tables: fairness.csv
-        row.update(seconds=seconds, elapsed=state["elapsed"])
+        # images_per_s last but two, after the val columns, as metrics.csv has always had it
+        row.update(images_per_s=row.pop("images_per_s"), seconds=seconds, elapsed=state["elapsed"])
         if self.cluster.main:
             state["history"].append(row)
             write_epoch_files(self.out, state["history"])

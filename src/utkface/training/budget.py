@@ -1,9 +1,9 @@
 """`--time-budget`: the number of optimizer steps that fits the minutes given.
 
-The speed is measured over the first steps (12, or fewer in short epochs; a process's first two
-steps, which load kernels and choose algorithms, are left out: `train.WARMUP_STEPS`), the
-schedule's length is set from it, and it is refitted after every epoch to the speed seen so far (the machine may
-be busier or freer than at the start); the cosine learning rate follows the new length.
+The speed is measured over the first steps (12, or fewer in short epochs), the schedule's length
+is set from it, and it is refitted after every epoch to the speed seen so far (the machine may
+be busier or freer than at the start); the cosine learning rate follows the new length. A
+process's first steps are never timed (`StepClock`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,39 @@ from utkface.training.distributed import Cluster
 MEASURED_STEPS = 12
 SAFETY = 0.97  # share of the budget planned for; the rest absorbs noise
 TEST_ALLOWANCE_S = 10.0  # fixed cost of the final test pass (loading best.pt, warm-up)
+WARMUP_STEPS = 2  # a process's first steps, left out of its speed
+
+
+class StepClock:
+    """The speed of an epoch's steps. A process's first `WARMUP_STEPS` steps are left out: they
+    load kernels and choose algorithms (about 25 s on a GPU, against milliseconds a step after),
+    and a budget fitted to them would plan a schedule a hundred times too short."""
+
+    def __init__(self, warmup: int = WARMUP_STEPS):
+        self.untimed = warmup
+        self.restart()
+
+    def restart(self) -> None:
+        """Time a new epoch from now."""
+        self.started, self.steps, self.images = time.time(), 0, 0
+
+    def tick(self, images: int) -> None:
+        """A step of `images` images (of all ranks) is done."""
+        if self.untimed:
+            self.untimed -= 1
+            self.restart()
+        else:
+            self.steps += 1
+            self.images += images
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.started
+
+    @property
+    def rate(self) -> float:
+        """Images per second over the timed steps (nan before the first)."""
+        return self.images / max(self.seconds, 1e-9) if self.steps else float("nan")
 
 
 class TimeBudget:
@@ -34,14 +67,12 @@ class TimeBudget:
         self.val_size, self.test_size = len(splits["val"]), len(splits["test"])
         self.validations, self.steps_per_epoch, self.cluster = validations, steps_per_epoch, cluster
 
-    def first_fit(
-        self, step: int, timed_steps: int, seconds: float, epoch_done: bool = False
-    ) -> int | None:
-        """Total steps once `MEASURED_STEPS` steps have been timed, or all of a shorter first
-        epoch (None before): `seconds` is the time those `timed_steps` took."""
-        if timed_steps < MEASURED_STEPS and not epoch_done:
+    def first_fit(self, step: int, clock: StepClock, epoch_done: bool) -> int | None:
+        """Total steps once `clock` has timed `MEASURED_STEPS` steps, or all of a shorter first
+        epoch (None before)."""
+        if not clock.steps or (clock.steps < MEASURED_STEPS and not epoch_done):
             return None
-        per_step = seconds / timed_steps
+        per_step = clock.seconds / clock.steps
         # Evaluation runs about 3x faster per image than a training step (no backward).
         validation = per_step / self.batch_size / 3 * self.val_size * self.validations
         return self.fit(step, per_step, validation, announce=True)
