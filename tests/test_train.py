@@ -429,6 +429,13 @@ def test_cli_train_interrupt_and_resume(real_data, real_dataset, tmp_path, monke
     assert load_run_config(out).size == REAL_SIZE
 
 
+def test_cli_train_no_test_leaves_the_test_split_unscored(real_data, real_dataset, tmp_path):
+    out = tmp_path / "tuning"
+    assert main(_cli_args(real_data, real_dataset, out) + ["--no-test"]) == 0
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert "test" not in final and final["val"]["val_mae"] > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # DDP
 

@@ -262,6 +262,12 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--out", help="run folder (default: runs/<time>-<model>)")
     parser.add_argument("--cache", help="dataset cache folder")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument(
+        "--no-test",
+        dest="report_test",
+        action="store_false",
+        help="leave the test split unscored (tuning runs: select on val only)",
+    )
 
     def run(args) -> int:
         from utkface.config import resolve_config
@@ -289,7 +295,15 @@ def add_train_parser(subparsers) -> None:
         from utkface.multisource import parse_sources
 
         data = parse_sources(args.data, args.labels, args.faces)
-        train(config, data, out, cache=args.cache, resume=bool(args.resume), subset=args.subset)
+        train(
+            config,
+            data,
+            out,
+            cache=args.cache,
+            resume=bool(args.resume),
+            subset=args.subset,
+            report_test=args.report_test,
+        )
         return 0
 
     parser.set_defaults(func=run)
