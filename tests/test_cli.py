@@ -80,3 +80,16 @@ def test_a_missing_config_or_run_folder_is_a_user_error(tmp_path, capsys):
         assert main(["train", *args]) == 2
         error = capsys.readouterr().err
         assert message in error and len(error.splitlines()) == 1, error
+
+
+def test_prepare_reads_its_limits_from_the_command_line(tmp_path, make_faces, capsys):
+    paths = make_faces(tmp_path / "faces", count=6, size=64)
+    sizes = sorted(path.stat().st_size for path in paths)
+    cap_mb = (sizes[2] + 1) / 2**20  # the three smallest files fit, the others do not
+    cache = tmp_path / "cache"
+    args = ["prepare", "--data", str(tmp_path / "faces"), "--out", str(cache), "--size", "32"]
+    assert main(args + ["--max-file-mb", str(cap_mb)]) == 0
+    out = capsys.readouterr().out
+    assert "used 3, skipped 3" in out and "file too large" in out
+    assert main(args) == 0  # the defaults (50 MB a file) keep every file
+    assert "used 6, skipped 0" in capsys.readouterr().out

@@ -121,14 +121,21 @@ def read_checkpoint(source: str | os.PathLike | bytes, sha256: str | None = None
     `last.pt`), from a file or its bytes in either format, with a clear `CheckpointError` for a
     missing, foreign, corrupt or unsafe file, or one whose SHA-256 is not `sha256` (checked
     before parsing). The released model's file is always checked against `released.SHA256`."""
+    path, data = _path_and_bytes(source)
+    return _parse(path, data, sha256 or released.expected_sha256(path))
+
+
+def _path_and_bytes(source: str | os.PathLike | bytes) -> tuple[Path, bytes]:
     if isinstance(source, bytes):
-        path, data = Path("<checkpoint bytes>"), source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        data = path.read_bytes()
-        sha256 = sha256 or released.expected_sha256(path)
+        return Path("<checkpoint bytes>"), source
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    return path, path.read_bytes()
+
+
+def _parse(path: Path, data: bytes, sha256: str | None) -> dict:
+    """`read_checkpoint` of bytes already read."""
     if sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256.lower():
@@ -178,8 +185,8 @@ def load_checkpoint(
 def describe_checkpoint(source: str | os.PathLike) -> str:
     """What `utkface info` prints: the file (size, SHA-256, whether it is the released model),
     the model and its input, the training recipe and the scores that selected it."""
-    state = read_checkpoint(source)
-    data = Path(source).read_bytes()
+    path, data = _path_and_bytes(source)
+    state = _parse(path, data, released.expected_sha256(path))
     weights = state["state_dict"].values()
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in weights if t.is_floating_point()})
     spec, config, metrics = state["model"], state.get("config") or {}, state.get("metrics") or {}

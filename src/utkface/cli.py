@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from utkface.errors import MissingExtra, OptionError, UtkfaceError
+from utkface.sources import Limits
 
 
 def add_prepare_parser(subparsers) -> None:
@@ -19,20 +20,27 @@ def add_prepare_parser(subparsers) -> None:
     parser.add_argument("--out", help="cache folder (default: $UTKFACE_CACHE or ~/.cache/utkface)")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    defaults = Limits()
     parser.add_argument(
-        "--max-file-mb", type=float, default=50.0, help="skip files larger than this (MB)"
+        "--max-file-mb",
+        type=float,
+        help=f"skip files larger than this (MB; default {defaults.member_bytes / 2**20:g})",
     )
     parser.add_argument(
-        "--max-total-gb", type=float, default=4.0, help="skip the files past this much read (GB)"
+        "--max-total-gb",
+        type=float,
+        help=f"skip the files past this much read (GB; default {defaults.total_bytes / 2**30:g})",
     )
 
     def run(args) -> int:
         from utkface.multisource import parse_sources, prepare_sources
-        from utkface.sources import Limits
 
-        limits = Limits(
-            member_bytes=int(args.max_file_mb * 2**20), total_bytes=int(args.max_total_gb * 2**30)
-        )
+        given = {}
+        if args.max_file_mb is not None:
+            given["member_bytes"] = int(args.max_file_mb * 2**20)
+        if args.max_total_gb is not None:
+            given["total_bytes"] = int(args.max_total_gb * 2**30)
+        limits = Limits(**given)
         dataset = prepare_sources(
             parse_sources(args.data, args.labels, args.faces),
             size=args.size,
