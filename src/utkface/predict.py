@@ -66,6 +66,33 @@ class FaceResult:
     race_prob: float | None = None  # probability of `race`
     score: float | None = None  # detector score (> 0 is a face); None for an aligned input
 
+    def text(self) -> str:
+        """`34 (25-45) female 91% White`, as the command line and annotated images show it."""
+        return estimate_text(
+            self.age, self.age_low, self.age_high, self.gender, self.gender_prob, self.race
+        )
+
+
+def estimate_text(
+    age: float | None,
+    age_low: float | None,
+    age_high: float | None,
+    gender: str | None,
+    gender_prob: float | None,
+    race: str | None = None,
+) -> str:
+    """An estimate in words, `34 (25-45) female 91% White`, leaving out what is None."""
+    parts = []
+    if age is not None:
+        parts.append(f"{age:.0f}")
+        if age_low is not None:
+            parts.append(f"({age_low:.0f}-{age_high:.0f})")
+    if gender_prob is not None:
+        parts.append(f"{gender} {max(gender_prob, 1 - gender_prob):.0%}")
+    if race is not None:
+        parts.append(race)
+    return " ".join(parts)
+
 
 @dataclass
 class Prediction:

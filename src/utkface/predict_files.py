@@ -25,7 +25,7 @@ from tqdm import tqdm
 from utkface.atomic import atomic_open
 from utkface.errors import OptionError
 from utkface.images import open_rgb
-from utkface.predict import FaceResult, Prediction, Predictor
+from utkface.predict import Prediction, Predictor
 from utkface.predict_inputs import Item, count_inputs, iter_inputs
 from utkface.predict_output import FILE_SUFFIXES, PartWriter, join_parts
 
@@ -152,22 +152,9 @@ def describe(prediction: Prediction) -> str:
     """One line for a person: `photo.jpg: 2 faces: 34 (25-45) female 91%; ...`."""
     if prediction.error:
         return f"{prediction.source}: error: {prediction.error}"
-    labels = "; ".join(_label(face) for face in prediction.faces) or "no face found"
+    labels = "; ".join(face.text() for face in prediction.faces) or "no face found"
     count = len(prediction.faces)
     return f"{prediction.source}: {count} face{'' if count == 1 else 's'}: {labels}"
-
-
-def _label(face: FaceResult) -> str:
-    parts = []
-    if face.age is not None:
-        parts.append(f"{face.age:.0f}")
-        if face.age_low is not None:
-            parts.append(f"({face.age_low:.0f}-{face.age_high:.0f})")
-    if face.gender_prob is not None:
-        parts.append(f"{face.gender} {max(face.gender_prob, 1 - face.gender_prob):.0%}")
-    if face.race is not None:
-        parts.append(face.race)
-    return " ".join(parts)
 
 
 def annotate_image(image: Image.Image, prediction: Prediction) -> Image.Image:
@@ -180,7 +167,7 @@ def annotate_image(image: Image.Image, prediction: Prediction) -> Image.Image:
         left, top, right, bottom = face.box
         colour = {"female": (230, 60, 140), "male": (40, 120, 230)}.get(face.gender, (40, 200, 80))
         draw.rectangle((left, top, right, bottom), outline=colour, width=max(2, round(2 * scale)))
-        text = _label(face)
+        text = face.text()
         x0, y0, x1, y1 = draw.textbbox((left, top), text, font=font)
         lift = y1 - y0 + 4 if top - (y1 - y0) - 4 >= 0 else 0  # above the box when it fits
         draw.rectangle((x0 - 2, y0 - lift - 2, x1 + 2, y1 - lift + 2), fill=colour)

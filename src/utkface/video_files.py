@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from utkface.atomic import atomic_open
 from utkface.errors import OptionError
-from utkface.predict import Prediction, Predictor
+from utkface.predict import Prediction, Predictor, estimate_text
 from utkface.predict_output import FILE_SUFFIXES  # the same single-file outputs as photos
 from utkface.video import VideoError, VideoWriter, probe, read_frames
 from utkface.video_faces import DEFAULT_EVERY, FaceStream, FrameResult
@@ -183,15 +183,11 @@ def _track_row(source: str, track: int, log: _TrackLog) -> dict:
 
 def _describe(row: dict) -> str:
     """`clip.mp4 track 2: 3.1-7.9 s, 120 frames: 34 (25-45) female 91%`."""
-    parts = [f"{row['source']} track {row['track']}: {row['first_time']:.1f}-"]
-    parts.append(f"{row['last_time']:.1f} s, {row['frames']} frames:")
-    if row["age"] is not None:
-        parts.append(f" {row['age']:.0f}")
-        if row["age_low"] is not None:
-            parts.append(f" ({row['age_low']:.0f}-{row['age_high']:.0f})")
-    if row["gender_prob"] is not None:
-        parts.append(f" {row['gender']} {max(row['gender_prob'], 1 - row['gender_prob']):.0%}")
-    return "".join(parts)
+    keys = ("age", "age_low", "age_high", "gender", "gender_prob")
+    return (
+        f"{row['source']} track {row['track']}: {row['first_time']:.1f}-{row['last_time']:.1f} s,"
+        f" {row['frames']} frames: " + estimate_text(*(row[key] for key in keys))
+    )
 
 
 def _annotated(image: np.ndarray, result: FrameResult) -> np.ndarray:
