@@ -93,3 +93,14 @@ def test_prepare_reads_its_limits_from_the_command_line(tmp_path, make_faces, ca
     assert "used 3, skipped 3" in out and "file too large" in out
     assert main(args) == 0  # the defaults (50 MB a file) keep every file
     assert "used 6, skipped 0" in capsys.readouterr().out
+
+
+def test_require_names_the_extra_and_the_missing_module():
+    from utkface.errors import require
+    from utkface.video import VideoUnavailable
+
+    assert require("json.decoder", "unused").__name__ == "json.decoder"  # the submodule
+    with pytest.raises(
+        VideoUnavailable, match=r"pip install 'utkface\[x\]' \(missing module 'no_such_mod'\)"
+    ):
+        require("no_such_mod.sub", "pip install 'utkface[x]'", VideoUnavailable)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utkface.errors import MissingExtra, OptionError, UtkfaceError
+from utkface.errors import OptionError, UtkfaceError, require
 from utkface.sources import Limits
 
 
@@ -209,11 +209,8 @@ def add_serve_parser(subparsers) -> None:
     )
 
     def run(args) -> int:
-        try:
-            from utkface.serve import run as serve
-        except ImportError as error:
-            hint = "the web demo is an optional extra: pip install 'utkface[serve]'"
-            raise MissingExtra(f"{hint} ({error})") from error
+        hint = "the web demo is an optional extra: pip install 'utkface[serve]'"
+        serve = require("utkface.serve", hint).run
 
         backend = args.backend or ("onnx" if args.checkpoint.endswith(".onnx") else "torch")
         serve(

@@ -11,6 +11,9 @@ traceback. The concrete types live beside the code that raises them (`Checkpoint
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class UtkfaceError(Exception):
     """A problem with the user's input or setup; the message says what to fix."""
@@ -22,3 +25,12 @@ class OptionError(UtkfaceError, ValueError):
 
 class MissingExtra(UtkfaceError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, hint: str, error: type[MissingExtra] = MissingExtra) -> ModuleType:
+    """`import module` (dotted names give the submodule), or raise `error` with `hint`, which
+    names the extra to install, and the module that is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as problem:
+        raise error(f"{hint} (missing module {problem.name or module!r})") from problem

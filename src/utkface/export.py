@@ -35,7 +35,7 @@ from torch import nn
 from utkface import __version__
 from utkface.atomic import atomic_write
 from utkface.checkpoint import CheckpointError, load_checkpoint, safetensors_bytes
-from utkface.errors import MissingExtra, OptionError, UtkfaceError
+from utkface.errors import OptionError, UtkfaceError, require
 from utkface.images import ImageError, load_rgb
 from utkface.inference import predict_arrays
 from utkface.models import decode_outputs
@@ -123,8 +123,8 @@ def export_onnx(
 
 def export_model(model: nn.Module, meta: dict, opset: int = DEFAULT_OPSET):
     """Trace `model` with its preprocessing and decoding into a checked `onnx.ModelProto`."""
-    onnx = _require("onnx")
-    _require("onnxscript")
+    onnx = require("onnx", INSTALL_HINT)
+    require("onnxscript", INSTALL_HINT)
     preprocess: Preprocess = meta["preprocess"]
     model = model.float().to("cpu", memory_format=torch.channels_last).eval()
     example = torch.zeros(2, preprocess.size, preprocess.size, 3, dtype=torch.uint8)
@@ -187,7 +187,7 @@ def _metadata(meta: dict, outputs: Sequence[str]) -> dict[str, str]:
 
 def read_metadata(model: str | os.PathLike | bytes) -> dict:
     """The `utkface.*` metadata of an exported model, JSON values decoded."""
-    onnx = _require("onnx")
+    onnx = require("onnx", INSTALL_HINT)
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
     return _decode_metadata({entry.key: entry.value for entry in proto.metadata_props})
 
@@ -337,7 +337,7 @@ class OnnxBackend:
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ):
-        ort = _require("onnxruntime")
+        ort = require("onnxruntime", INSTALL_HINT)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -381,13 +381,6 @@ class OnnxBackend:
     @staticmethod
     def _name(model) -> str:
         return "model bytes" if isinstance(model, bytes) else str(model)
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError as error:
-        raise MissingExtra(f"{INSTALL_HINT} (missing module {module!r})") from error
 
 
 def _is_image_name(name: str) -> bool:

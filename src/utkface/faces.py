@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from utkface.errors import require
 from utkface.images import RESAMPLE, square_resize
 from utkface.landmarks import (
     CHIP_SIZE,
@@ -135,11 +136,7 @@ def _borrow():
 
 
 def _detector():
-    try:
-        import dlib
-    except ImportError as error:
-        raise DetectorUnavailable(f"{INSTALL_HINT} (missing module 'dlib')") from error
-    return dlib.get_frontal_face_detector()
+    return require("dlib", INSTALL_HINT, DetectorUnavailable).get_frontal_face_detector()
 
 
 def detect_faces(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utkface.errors import MissingExtra
+from utkface.errors import MissingExtra, require
 
 CHIP_SIZE = 200  # UTKFace's crop side in pixels (get_face_chip_details' default)
 CHIP_PADDING = 0.2  # get_face_chip_details' default padding around the landmarks
@@ -102,10 +102,7 @@ def predictor(points: int = 68):
     """The shared `dlib.shape_predictor` (loaded once; predicting does not mutate it)."""
     with _lock:
         if points not in _predictors:
-            try:
-                import dlib
-            except ImportError as error:
-                raise DetectorUnavailable(f"{INSTALL_HINT} (missing module 'dlib')") from error
+            dlib = require("dlib", INSTALL_HINT, DetectorUnavailable)
             _predictors[points] = dlib.shape_predictor(str(model_path(points)))
         return _predictors[points]
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from glob import iglob
 from pathlib import Path
 
-from utkface.errors import OptionError
+from utkface.errors import OptionError, require
 from utkface.names import IMAGE_SUFFIXES
 
 FOLDER_SUFFIXES = IMAGE_SUFFIXES + (".tif", ".tiff", ".gif")  # what a folder input picks up
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 MANIFEST_COLUMNS = ("path", "file")
-PARQUET_HINT = "Parquet needs pyarrow: pip install 'utkface[parquet]'"
+PARQUET_HINT = "Parquet files need pyarrow, an optional extra: pip install 'utkface[parquet]'"
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,7 @@ def _manifest(path: Path) -> Iterator[Path]:
             column = _path_column(path, reader.fieldnames or [])
             yield from (_near(path, row[column]) for row in reader if row[column])
         return
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise ImportError(f"{path}: {PARQUET_HINT}") from error
+    pq = require("pyarrow.parquet", f"{path}: {PARQUET_HINT}")
     table = pq.ParquetFile(path)
     column = _path_column(path, table.schema_arrow.names)
     for batch in table.iter_batches(columns=[column], batch_size=65_536):

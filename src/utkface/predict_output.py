@@ -31,12 +31,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from utkface.atomic import atomic_open
-from utkface.errors import MissingExtra, OptionError
+from utkface.errors import OptionError, require
 from utkface.predict import Prediction
+from utkface.predict_inputs import PARQUET_HINT
 
 FORMATS = ("jsonl", "csv", "parquet")
 FILE_SUFFIXES = (".jsonl", ".csv")  # single-file --out
-PARQUET_HINT = "Parquet output needs pyarrow: pip install 'utkface[parquet]'"
 CSV_COLUMNS = (
     "source",
     "error",
@@ -186,13 +186,5 @@ def join_parts(folder: Path, out: Path) -> None:
 
 
 def _pyarrow(module: str = ""):
-    try:
-        if module == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq
-        import pyarrow as pa
-
-        return pa
-    except ImportError as error:
-        raise MissingExtra(PARQUET_HINT) from error
+    """pyarrow, or its `parquet` module."""
+    return require("pyarrow.parquet" if module == "parquet" else "pyarrow", PARQUET_HINT)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utkface.errors import MissingExtra, OptionError
+from utkface.errors import OptionError, require
 from utkface.predict import FaceResult, Prediction, backend_loader, fill_face, prepare_input
 from utkface.predict_files import RunSummary
 from utkface.predict_inputs import FOLDER_SUFFIXES, in_shard, iter_inputs
@@ -38,12 +38,8 @@ INSTALL_HINT = "the Ray engine is an optional extra: pip install 'utkface[ray]'"
 
 
 def require_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as error:
-        raise MissingExtra(INSTALL_HINT) from error
-    return ray
+    require("ray.data", INSTALL_HINT)
+    return require("ray", INSTALL_HINT)
 
 
 def predict_ray(

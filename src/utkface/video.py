@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from utkface.atomic import atomic_open
-from utkface.errors import MissingExtra, UtkfaceError
+from utkface.errors import MissingExtra, UtkfaceError, require
 
 VIDEO_SUFFIXES = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
@@ -64,11 +64,7 @@ def is_video(path: str | os.PathLike) -> bool:
 
 
 def _av():
-    try:
-        import av
-    except ImportError as error:
-        raise VideoUnavailable(f"{INSTALL_HINT} (missing module 'av')") from error
-    return av
+    return require("av", INSTALL_HINT, VideoUnavailable)
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
