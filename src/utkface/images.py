@@ -31,6 +31,7 @@ from utkface.errors import UtkfaceError
 MAX_PIXELS = 100_000_000
 RESAMPLE = Image.Resampling.BILINEAR
 ORIENTATION = 0x0112  # the EXIF tag that says how the camera was held
+SIXTEEN_BIT = 257.0  # 65535 / 255: a 16-bit sample onto the 0..255 scale
 # Smallest side of a face crop worth a prediction. The baseline model (MobileNetV2, 112 px, its
 # epoch 5) on 400 val crops shrunk to a side of 8 / 16 / 20 / 24 / 32 / 48 px and back: age MAE
 # 13.0 / 8.3 / 7.8 / 7.1 / 6.5 / 5.6 years (4.7 at 200 px), gender 67 / 83 / 87 / 90 / 91 / 92 %
@@ -128,10 +129,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: 0..65535 onto 0..255, as Pillow reads 16-bit RGB (not by the
         # image's own peak, which would brighten a dark photo).
-        array = np.asarray(image, dtype=np.float64)
-        eight = np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8)
+        eight = _rounded(np.asarray(image, dtype=np.float64) / SIXTEEN_BIT)
         return Image.fromarray(eight).convert("RGB")
     return image.convert("RGB")
+
+
+def _rounded(values: np.ndarray) -> np.ndarray:
+    """Values on the 0..255 scale, rounded and clipped to uint8."""
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:
@@ -143,8 +148,8 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
         array = np.repeat(array, 3, axis=2)
     if array.dtype != np.uint8:
         if array.dtype == np.uint16:
-            array = array / 257.0  # 16-bit samples, as for a 16-bit file
+            array = array / SIXTEEN_BIT  # as for a 16-bit file
         elif np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
             array = array * 255.0
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+        array = _rounded(array)
     return _to_rgb(Image.fromarray(np.ascontiguousarray(array)))
