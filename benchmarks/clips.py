@@ -64,9 +64,7 @@ def moving_faces(
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def write_clip(
-    path: str | os.PathLike, frames, fps: float = 25.0, crf: int | None = None
-) -> None:
+def write_clip(path: str | os.PathLike, frames, fps: float = 25.0, crf: int | None = None) -> None:
     """Write RGB frames to `path` with `video.VideoWriter` (container by suffix; `crf` 0:
     lossless H.264, the same decoded pixels on every run)."""
     from utkface.video import VideoWriter

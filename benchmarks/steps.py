@@ -149,11 +149,27 @@ class _Enough(Exception):
     """Raised from `on_step` to stop `train` once the timed steps are done."""
 
 
-def train_speed(model: str, steps: int, warmup: int, threads: int) -> list[dict]:
+def train_speed(
+    model: str,
+    steps: int,
+    warmup: int,
+    threads: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    size: int | None = None,
+    batch: int = 64,
+) -> list[dict]:
     """Images/s of `train.train`'s own step (preprocess, augment when the preset does, forward,
-    `multitask_loss`, backward, AdamW) at batch 64, timed between `on_step` calls."""
+    `multitask_loss`, backward, AdamW, weight average), timed between `on_step` calls."""
     config = resolve_config(
-        model=model, batch_size=64, pretrained=False, device="cpu", threads=threads, epochs=1
+        model=model,
+        batch_size=batch,
+        pretrained=False,
+        device=device,
+        precision=precision,
+        size=size,
+        threads=threads,
+        epochs=1,
     )
     # One epoch longer than the timed steps, so it never reaches validation.
     dataset = synthetic_dataset(config.batch_size * (warmup + steps + 2), config.size)
@@ -183,7 +199,8 @@ def train_speed(model: str, steps: int, warmup: int, threads: int) -> list[dict]
             f"{rate:.1f} img/s, {achieved:.1f} GFLOP/s",
             f"median of {steps} steps after {warmup} warm-up; "
             f"{flops / 1e9:.2f} GFLOP/img fwd+bwd; augment {'on' if config.augment else 'off'}"
-            f" ({'our default' if not model.startswith('seed_') else 'seed preset'})",
+            f" ({'our default' if not model.startswith('seed_') else 'seed preset'}); "
+            f"{device}, precision {precision}",
             gflops=achieved,
             gflop_per_image=flops / 1e9,
             step_seconds=[float(s) for s in seconds],
@@ -386,13 +403,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subset", type=float)
     parser.add_argument("--run-dir")
     parser.add_argument("--seconds", type=float)
+    parser.add_argument("--device", help="train_speed: cpu (default) or cuda")
+    parser.add_argument("--precision", help="train_speed: fp32 (default) or bf16")
+    parser.add_argument("--size", type=int, help="train_speed: input side (default: the model's)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     function = STEPS[args.step]
     wanted = inspect.signature(function).parameters
-    kwargs = {key: value for key, value in vars(args).items() if key in wanted}
-    missing = [key for key in wanted if kwargs.get(key) is None]
+    kwargs = {k: v for k, v in vars(args).items() if k in wanted and v is not None}
+    required = [k for k, p in wanted.items() if p.default is inspect.Parameter.empty]
+    missing = [key for key in required if key not in kwargs]
     if missing:
         parser.error(f"{args.step} needs --{' --'.join(k.replace('_', '-') for k in missing)}")
     rows = function(**kwargs)

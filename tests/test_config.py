@@ -102,6 +102,11 @@ def test_bad_numbers_fail_at_once(overrides, name):
         resolve_config(**overrides)
 
 
+def test_unknown_precision_names_the_choices():
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'; choose one of fp32, bf16"):
+        resolve_config(precision="fp16")
+
+
 def test_bad_config_file_type(tmp_path):
     path = tmp_path / "train.ini"
     path.write_text("size=3")

@@ -294,6 +294,26 @@ def test_time_budget_leaves_the_first_steps_out_of_the_speed(real_dataset, tmp_p
     assert rate and int(rate.group(1)) > 3 * 21
 
 
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)]
+)
+def test_precision_sets_the_dtype_of_the_training_forward_pass(
+    real_dataset, tmp_path, monkeypatch, precision, dtype
+):
+    seen, original = [], train_module.multitask_loss
+
+    def record(raw, *args):
+        seen.append({value.dtype for value in raw.values()})
+        return original(raw, *args)
+
+    monkeypatch.setattr(train_module, "multitask_loss", record)
+    config = small_config(precision=precision, epochs=1)
+    train(config, real_dataset, tmp_path / precision, subset=SUBSET, progress=False)
+    assert len(seen) == STEPS_PER_EPOCH and all(dtypes == {dtype} for dtypes in seen)
+    rows = _rows(tmp_path / precision / "metrics.csv")
+    assert np.isfinite(float(rows[0]["train_loss"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # the seed preset: two CNNs at 200 px
 

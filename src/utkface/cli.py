@@ -260,6 +260,9 @@ def add_train_parser(subparsers) -> None:
         help="draw images with probability ~ (race x age band count)^-alpha, 0..1 (0 = off)",
     )
     parser.add_argument("--device", help="auto, cpu, cuda or mps")
+    parser.add_argument(
+        "--precision", help="fp32 (default) or bf16 (autocast the forward pass, for GPUs)"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (0 = all cores)")
     parser.add_argument(
         "--subset", type=float, default=1.0, help="use this share of each split (quick runs)"
@@ -293,6 +296,7 @@ def add_train_parser(subparsers) -> None:
                 "seed",
                 "balance_alpha",
                 "device",
+                "precision",
                 "threads",
             )
             config = resolve_config(args.config, **{key: getattr(args, key) for key in keys})

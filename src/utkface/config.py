@@ -16,6 +16,7 @@ from utkface.errors import OptionError
 from utkface.models import MODEL_NAMES, TASKS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(OptionError):
@@ -52,6 +53,7 @@ class TrainConfig:
     balance_alpha: float = 0.0  # draw images with P ~ (race x age band count)^-alpha; 0 = off
     seed: int = 0  # data split, initialisation, shuffling and augmentation
     device: str = "auto"  # auto = cuda if available, else mps, else cpu
+    precision: str = "fp32"  # training forward pass: fp32, or bf16 autocast (for GPUs)
     threads: int = 0  # CPU threads for torch; 0 = all cores
     eval_batch_size: int = 256
 
@@ -66,6 +68,10 @@ class TrainConfig:
             raise ConfigError(f"unknown tasks {bad or '(none)'}; choose from {', '.join(TASKS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
         for name in ("size", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -21,6 +21,8 @@ import json
 import os
 import random
 import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,13 @@ from utkface.losses import multitask_loss
 from utkface.models import build_model, model_entry, model_tasks
 from utkface.multisource import prepare_sources
 from utkface.training.budget import StepClock, TimeBudget
-from utkface.training.distributed import Cluster, pick_device, prepared_once, setup_distributed
+from utkface.training.distributed import (
+    Cluster,
+    autocast_dtype,
+    pick_device,
+    prepared_once,
+    setup_distributed,
+)
 from utkface.training.epoch_log import format_metrics, summary_line, write_epoch_files
 from utkface.training.interrupts import DeferredInterrupt
 from utkface.training.sampling import epoch_batches, step_seed, steps_per_epoch, subset_indices
@@ -156,6 +164,8 @@ class Trainer:
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
         self.clock = StepClock()
+        dtype = autocast_dtype(config.precision)  # None: float32
+        self.autocast = partial(torch.autocast, self.device.type, dtype) if dtype else nullcontext
 
     def run(self, resume: bool, on_step=None, report_test: bool = True) -> dict:
         config, cluster = self.config, self.cluster
@@ -293,7 +303,8 @@ class Trainer:
         if self.augment is not None:
             # uint8 in, uint8 out; torch's default generator, seeded for this rank and step
             images = self.augment(images)
-        raw = net(self.preprocess(images))
+        with self.autocast():  # the losses take the outputs to float32 themselves
+            raw = net(self.preprocess(images))
         loss, parts = multitask_loss(
             raw, labels, self.config.loss_weights, self.config.age_sigma, self.config.age_l1_weight
         )

@@ -71,6 +71,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype training's forward pass is autocast to, or None for float32. bfloat16 keeps
+    float32's range, so it needs no loss scaling; it is opt-in, as most CPUs have no fast
+    bfloat16 and its speed on a GPU has not been measured here yet (BENCHMARKS.md)."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def setup_distributed(device_name: str, threads: int = 0) -> Cluster:
     """The `Cluster` of this process; joins the process group when torchrun started it."""
     rank = int(os.environ.get("RANK", 0))
