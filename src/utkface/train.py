@@ -39,6 +39,7 @@ from utkface.ema import WeightAverage
 from utkface.losses import multitask_loss
 from utkface.models import build_model, model_entry, model_tasks
 from utkface.multisource import prepare_sources
+from utkface.training import seed_pair
 from utkface.training.budget import StepClock, TimeBudget
 from utkface.training.distributed import (
     Cluster,
@@ -55,7 +56,6 @@ from utkface.training.schedule import lr_at, make_optimizer
 from utkface.training.trace import RankTrace
 from utkface.training.validation import Validator
 
-SEED_RUNS = {"seed_gender": "gender_model", "seed_age": "age_model"}
 __all__ = ["Trainer", "load_run_config", "pick_device", "train"]
 
 
@@ -92,8 +92,8 @@ def train(
 
     dataset = data if isinstance(data, Dataset) else prepared_once(cluster, prepare_data)
     if config.model == "seed":
-        return _train_seed_pair(
-            config, dataset, out, cluster, resume, subset, progress, report_test, on_step
+        return seed_pair.train_pair(
+            config, dataset, out, cluster.main, resume, subset, progress, report_test, on_step
         )
     trainer = Trainer(config, dataset, out, subset, progress and cluster.main, cluster, trace)
     return trainer.run(resume, on_step, report_test)
@@ -105,29 +105,6 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a run folder to resume (no config.json)")
     return TrainConfig(**json.loads(path.read_text()))
-
-
-def _train_seed_pair(config, dataset, out, cluster, resume, subset, progress, report_test, on_step):
-    """The `seed` preset: the seed's gender CNN, then its age CNN, each in a folder of its own."""
-    if not resume and cluster.main:
-        out.mkdir(parents=True, exist_ok=True)  # the whole run's config, for --resume
-        atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=2))
-    results = {}
-    for index, (name, folder) in enumerate(SEED_RUNS.items()):
-        single = TrainConfig(**{**config.to_dict(), "model": name})
-        # A run interrupted in its first CNN never started the second: start it afresh.
-        started = index == 0 or (out / folder / "last.pt").is_file()
-        results[folder] = train(
-            single,
-            dataset,
-            out / folder,
-            resume=resume and started,
-            subset=subset,
-            progress=progress,
-            report_test=report_test,
-            on_step=on_step,
-        )
-    return results
 
 
 class Trainer:
