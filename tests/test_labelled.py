@@ -13,6 +13,7 @@ from conftest import encode_jpeg, face_pixels
 from PIL import Image
 
 from utkface import data, faces, images
+from utkface.caches import list_caches
 from utkface.cli import main
 from utkface.evaluate import evaluate
 from utkface.labelled import LabelsError, read_labels, scan_labelled
@@ -177,6 +178,12 @@ def test_several_sources_train_and_evaluate_per_source(tmp_path, make_faces, fac
     # each source keeps its own split and pixels: the labelled one is its own prepare, appended
     assert [r.split for r in by_source["photos"]] == [r.split for r in alone.records]
     assert np.array_equal(combined.images[30:], alone.images)
+    assert np.array_equal(combined.images[:30], data.prepare(utk, size=32, out=cache).images)
+    # stacked once into a memory-mapped cache of their own, not copied into this process
+    assert isinstance(combined.images, np.memmap)
+    assert combined.cache_dir.name in {cache.path.name for cache in list_caches(cache)}
+    again = prepare_sources(parse_sources(sources, faces="aligned"), size=32, out=cache)
+    assert again.cache_dir == combined.cache_dir
     with pytest.raises(ValueError, match="--labels labels a single --data"):
         parse_sources(sources, labels=labels)
 

@@ -5,7 +5,9 @@ collection of photos with a labels CSV, written `PHOTOS::labels.csv` (see `label
 prepared and cached on its own by `data.prepare`, with its own split by the hash of each file's
 name and the seed, so adding a source never moves a file of another between splits. The
 combined dataset concatenates their images and records, and every record carries its source's
-name (`Record.source`), which `evaluate` breaks the metrics down by.
+name (`Record.source`), which `evaluate` breaks the metrics down by. The images of prepared
+sources are stacked once into a cache of their own (`combined-<key>/`, listed by `utkface cache`),
+memory-mapped like any cache, so no process holds a copy of them in its memory.
 
 One UTKFace source alone is exactly `data.prepare(path)`, nothing added.
 """
@@ -13,7 +15,11 @@ One UTKFace source alone is exactly `data.prepare(path)`, nothing added.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,10 +142,50 @@ def combine(parts: list[data.Scan], names: list[str]) -> data.Scan:
         for name, part in zip(names, parts)
         for item in part.skipped
     ]
-    images = np.concatenate([np.asarray(part.images) for part in parts])  # (N, S, S, 3) uint8
     if all(isinstance(part, data.Dataset) for part in parts):
-        return Combined(images, records, skipped, parts=dict(zip(names, parts)))
+        images, folder = _stacked(parts)
+        return Combined(images, records, skipped, cache_dir=folder, parts=dict(zip(names, parts)))
+    images = np.concatenate([np.asarray(part.images) for part in parts])  # (N, S, S, 3) uint8
     return data.Scan(images, records, skipped)
+
+
+def _stacked(parts: list[data.Dataset]) -> tuple[np.ndarray, Path]:
+    """The parts' images, in order, memory-mapped from a cache folder beside theirs, built the
+    first time (a part prepared anew has a new folder name, so the key changes with it)."""
+    names = [str(part.cache_dir.resolve()) for part in parts]
+    key = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+    folder = parts[0].cache_dir.parent / f"combined-{key}"
+    if not (folder / "meta.json").is_file():
+        building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            shape = (sum(len(part.images) for part in parts), *parts[0].images.shape[1:])
+            target = np.lib.format.open_memmap(
+                building / "images.npy", mode="w+", dtype=np.uint8, shape=shape
+            )
+            row = 0
+            for part in parts:
+                for start in range(0, len(part.images), 4096):  # a few hundred MB at a time
+                    chunk = part.images[start : start + 4096]
+                    target[row : row + len(chunk)] = chunk
+                    row += len(chunk)
+            target.flush()
+            del target
+            meta = {
+                "source": " + ".join(str(part.cache_dir.name) for part in parts),
+                "fingerprint": key,
+                "size": int(shape[1]),
+                "used": int(shape[0]),
+                "parts": names,
+            }
+            (building / "meta.json").write_text(json.dumps(meta, indent=2))  # last: complete
+            try:
+                os.rename(building, folder)  # atomic: a reader sees all of it or nothing
+            except OSError:
+                if not (folder / "meta.json").is_file():  # not a concurrent build that won
+                    raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return np.load(folder / "images.npy", mmap_mode="r"), folder
 
 
 def unique_names(specs: list[SourceSpec]) -> list[str]:
