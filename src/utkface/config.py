@@ -43,7 +43,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     dropout: float = 0.2  # before the heads
     augment: bool = True  # flip, zoom/shift/rotate, colour jitter
-    photo_augment: float = 0.0  # share of images given a photo condition (augment.py); 0 = off
+    # share of images given a photo condition (augment.py); 0 = off. 0.5 (on val, 13 epochs):
+    # UTKFace-C mean MAE increase +0.24 years against +0.89 at 0, clean MAE +0.05 years
+    photo_augment: float = 0.5
     loss_weights: dict[str, float] = field(
         default_factory=lambda: {"age": 1.0, "gender": 4.0, "race": 0.5}
     )  # age is in years (~5), gender and race in nats (~0.2): weights balance them
