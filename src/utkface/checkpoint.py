@@ -186,11 +186,12 @@ def describe_checkpoint(source: str | os.PathLike) -> str:
     """What `utkface info` prints: the file (size, SHA-256, whether it is the released model),
     the model and its input, the training recipe and the scores that selected it."""
     path, data = _path_and_bytes(source)
-    state = _parse(path, data, released.expected_sha256(path))
+    expected = released.expected_sha256(path)
+    state = _parse(path, data, expected)
     weights = state["state_dict"].values()
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in weights if t.is_floating_point()})
     spec, config, metrics = state["model"], state.get("config") or {}, state.get("metrics") or {}
-    is_released = released.expected_sha256(source) is not None
+    is_released = expected is not None
     name = f"released model {released.NAME}" if is_released else "checkpoint"
     ema = metrics.get("selected") == "ema"
     prefix, weights_kind = ("val_ema_", "EMA") if ema else ("val_", "raw")

@@ -229,11 +229,9 @@ def prepare(
 def _build_cache(
     source, settings, cache_dir: Path, workers, progress, limits, scanner=scan
 ) -> None:
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
-    try:
-        side = settings["size"]
+    side = settings["size"]
 
+    def fill(building: Path) -> dict:
         def allocate(count: int) -> np.ndarray:
             return np.lib.format.open_memmap(
                 building / "pixels.npy", mode="w+", dtype=np.uint8, shape=(count, side, side, 3)
@@ -258,10 +256,23 @@ def _build_cache(
             ("file", "reason"),
             [(s.file, s.reason) for s in result.skipped],
         )
-        meta = dict(settings, seen=result.seen, used=len(result.records))
-        (building / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: "complete"
+        return dict(settings, seen=result.seen, used=len(result.records))
+
+    build_cache(cache_dir, fill)
+
+
+def build_cache(cache_dir: Path, fill: Callable[[Path], dict]) -> None:
+    """Build the cache folder `cache_dir` atomically: `fill(folder)` writes its files into a
+    hidden folder beside it and returns its metadata, which is written last as `meta.json` (the
+    mark of a complete cache, `caches.py`); then the folder is renamed into place, so a reader
+    sees no cache or a whole one. A concurrent build that finished first wins."""
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
+    try:
+        meta = fill(building)
+        (building / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
-            os.rename(building, cache_dir)  # atomic: a reader sees no cache or a whole one
+            os.rename(building, cache_dir)
         except OSError:
             if not (cache_dir / "meta.json").is_file():  # not a concurrent build that won
                 raise
@@ -351,4 +362,4 @@ def _band_order(item):
     return int(label.split("-")[0].rstrip("+"))
 
 
-__all__ = ["Dataset", "Record", "Scan", "Skipped", "prepare", "scan", "split_of"]
+__all__ = ["Dataset", "Record", "Scan", "Skipped", "build_cache", "prepare", "scan", "split_of"]

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,36 +152,30 @@ def _stacked(parts: list[data.Dataset]) -> tuple[np.ndarray, Path]:
     names = [str(part.cache_dir.resolve()) for part in parts]
     key = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
     folder = parts[0].cache_dir.parent / f"combined-{key}"
+
+    def fill(building: Path) -> dict:
+        shape = (sum(len(part.images) for part in parts), *parts[0].images.shape[1:])
+        target = np.lib.format.open_memmap(
+            building / "images.npy", mode="w+", dtype=np.uint8, shape=shape
+        )
+        row = 0
+        for part in parts:
+            for start in range(0, len(part.images), 4096):  # a few hundred MB at a time
+                chunk = part.images[start : start + 4096]
+                target[row : row + len(chunk)] = chunk
+                row += len(chunk)
+        target.flush()
+        del target
+        return {
+            "source": " + ".join(str(part.cache_dir.name) for part in parts),
+            "fingerprint": key,
+            "size": int(shape[1]),
+            "used": int(shape[0]),
+            "parts": names,
+        }
+
     if not (folder / "meta.json").is_file():
-        building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            shape = (sum(len(part.images) for part in parts), *parts[0].images.shape[1:])
-            target = np.lib.format.open_memmap(
-                building / "images.npy", mode="w+", dtype=np.uint8, shape=shape
-            )
-            row = 0
-            for part in parts:
-                for start in range(0, len(part.images), 4096):  # a few hundred MB at a time
-                    chunk = part.images[start : start + 4096]
-                    target[row : row + len(chunk)] = chunk
-                    row += len(chunk)
-            target.flush()
-            del target
-            meta = {
-                "source": " + ".join(str(part.cache_dir.name) for part in parts),
-                "fingerprint": key,
-                "size": int(shape[1]),
-                "used": int(shape[0]),
-                "parts": names,
-            }
-            (building / "meta.json").write_text(json.dumps(meta, indent=2))  # last: complete
-            try:
-                os.rename(building, folder)  # atomic: a reader sees all of it or nothing
-            except OSError:
-                if not (folder / "meta.json").is_file():  # not a concurrent build that won
-                    raise
-        finally:
-            shutil.rmtree(building, ignore_errors=True)
+        data.build_cache(folder, fill)
     return np.load(folder / "images.npy", mmap_mode="r"), folder
 
 
