@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from utkface.augment import PHOTO_CONDITIONS, Augment
-from utkface.preprocess import Preprocess
+from utkface.models.preprocess import Preprocess
+from utkface.training.augment import PHOTO_CONDITIONS, Augment
 
 
 def time_ms(function, repeat: int) -> float:

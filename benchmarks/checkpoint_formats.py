@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utkface.checkpoint import load_checkpoint, save_safetensors
-from utkface.data import prepare
-from utkface.inference import predict_arrays
+from utkface.data.dataset import prepare
+from utkface.models.checkpoint import load_checkpoint, save_safetensors
+from utkface.models.inference import predict_arrays
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,14 +19,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from utkface.data import default_source
-from utkface.images import RESAMPLE
-from utkface.sources import iter_members
+from utkface.data.dataset import default_source
+from utkface.runtime.images import RESAMPLE
+from utkface.runtime.sources import iter_members
 
 
 def real_crops(count: int, source: str | os.PathLike | None = None, step: int = 97) -> np.ndarray:
     """`count` 200x200 UTKFace crops, every `step`-th image of the archive (RGB uint8)."""
-    from utkface.images import load_rgb
+    from utkface.runtime.images import load_rgb
 
     members = (m for m in iter_members(source or default_source()) if m.data)
     picked = itertools.islice(members, 1, 1 + count * step, step)
@@ -67,7 +67,7 @@ def moving_faces(
 def write_clip(path: str | os.PathLike, frames, fps: float = 25.0, crf: int | None = None) -> None:
     """Write RGB frames to `path` with `video.VideoWriter` (container by suffix; `crf` 0:
     lossless H.264, the same decoded pixels on every run)."""
-    from utkface.video import VideoWriter
+    from utkface.runtime.video import VideoWriter
 
     with VideoWriter(path, fps, crf) as writer:
         for frame in frames:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from utkface.checkpoint import model_spec, save_checkpoint
-from utkface.models import build_model
-from utkface.preprocess import Preprocess
+from utkface.models.checkpoint import model_spec, save_checkpoint
+from utkface.models.preprocess import Preprocess
+from utkface.models.registry import build_model
 
 
 def random_checkpoint(path: Path, size: int = 128) -> Path:

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utkface import faces, landmarks
-from utkface.atomic import atomic_write
-from utkface.data import default_source, split_of
-from utkface.images import RESAMPLE
-from utkface.names import parse_name
-from utkface.sources import iter_members
+from utkface.data.dataset import default_source, split_of
+from utkface.runtime import faces, landmarks
+from utkface.runtime.atomic import atomic_write
+from utkface.runtime.images import RESAMPLE
+from utkface.runtime.names import parse_name
+from utkface.runtime.sources import iter_members
 
 
 def split_crops(source: str | Path, count: int, split: str = "test", every: int = 7):
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _score(checkpoint, crops, photos, found, labels) -> dict:
-    from utkface.predict import Predictor
+    from utkface.runtime.predict import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint, workers=1)
     kept = np.flatnonzero(found)

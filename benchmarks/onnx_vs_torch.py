@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from benchmarks.common import random_checkpoint
-from utkface.checkpoint import load_checkpoint
-from utkface.export import OnnxBackend, export_model
-from utkface.inference import predict_arrays
-from utkface.preprocess import Preprocess
+from utkface.models.checkpoint import load_checkpoint
+from utkface.models.export import OnnxBackend, export_model
+from utkface.models.inference import predict_arrays
+from utkface.models.preprocess import Preprocess
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from benchmarks.common import random_checkpoint
-from utkface.data import default_source
-from utkface.predict import Predictor
-from utkface.sources import iter_members
+from utkface.data.dataset import default_source
+from utkface.runtime.predict import Predictor
+from utkface.runtime.sources import iter_members
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,9 +33,9 @@ from PIL import Image
 
 from benchmarks.common import random_checkpoint
 from benchmarks.predict_latency import composite
-from utkface.data import default_source
-from utkface.predict_output import list_parts
-from utkface.sources import iter_members
+from utkface.data.dataset import default_source
+from utkface.runtime.predict_output import list_parts
+from utkface.runtime.sources import iter_members
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,7 +122,7 @@ def run_ray(inputs: Path, checkpoint: Path, out: Path) -> tuple[list[dict], floa
     """`predict_ray` on a local cluster started first, so that the time is the pipeline's."""
     import ray
 
-    from utkface.ray_predict import predict_ray
+    from utkface.apps.ray_predict import predict_ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     try:

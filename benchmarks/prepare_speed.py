@@ -19,7 +19,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from utkface.data import default_source, prepare
+from utkface.data.dataset import default_source, prepare
 
 
 def cpu_model() -> str:

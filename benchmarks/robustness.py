@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from utkface import corruptions
-from utkface.atomic import atomic_write
-from utkface.checkpoint import load_checkpoint
-from utkface.data import default_source
-from utkface.inference import predict_arrays
-from utkface.report import corruption_table
+from utkface.data import corruptions
+from utkface.data.dataset import default_source
+from utkface.evaluation.report import corruption_table
+from utkface.models.checkpoint import load_checkpoint
+from utkface.models.inference import predict_arrays
+from utkface.runtime.atomic import atomic_write
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -186,8 +186,8 @@ def _payload(image: str | None) -> tuple[bytes, str]:
         suffix = Path(image).suffix.lower().lstrip(".")
         kind = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp", "bmp": "bmp"}
         return Path(image).read_bytes(), f"image/{kind.get(suffix, 'jpeg')}"
-    from utkface.data import default_source
-    from utkface.sources import iter_members
+    from utkface.data.dataset import default_source
+    from utkface.runtime.sources import iter_members
 
     for member in iter_members(default_source()):
         if member.data and member.name.endswith(".jpg"):

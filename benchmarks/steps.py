@@ -31,14 +31,14 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from benchmarks.onnx_vs_torch import _timings
 from benchmarks.prepare_speed import cpu_model, cpu_seconds, version
-from utkface.checkpoint import model_spec, save_checkpoint
-from utkface.config import resolve_config
-from utkface.data import Dataset, Record, default_source, prepare
-from utkface.losses import multitask_loss
-from utkface.models import build_model, model_tasks
-from utkface.preprocess import Preprocess
-from utkface.train import train
+from utkface.data.dataset import Dataset, Record, default_source, prepare
+from utkface.models.checkpoint import model_spec, save_checkpoint
+from utkface.models.preprocess import Preprocess
+from utkface.models.registry import build_model, model_tasks
+from utkface.training.config import resolve_config
+from utkface.training.losses import multitask_loss
 from utkface.training.sampling import subset_indices
+from utkface.training.train import train
 
 TARGET_GENDER_ACC = 0.87  # the seed project's claimed gender accuracy
 INGEST_SIZE = 128
@@ -333,12 +333,12 @@ def inference(model: str, backend: str, seconds: float, batch: int, threads: int
         spec = model_spec(model, model_tasks(model, config.tasks))
         save_checkpoint(checkpoint, net, spec, Preprocess(size=config.size))
         if backend == "torch":
-            from utkface.predict import TorchBackend
+            from utkface.runtime.predict import TorchBackend
 
             runner = TorchBackend.from_checkpoint(checkpoint)
         else:
             try:
-                from utkface.export import OnnxBackend
+                from utkface.models.export import OnnxBackend
 
                 runner = OnnxBackend.from_checkpoint(checkpoint, threads=threads)
             except ImportError as error:

@@ -23,8 +23,8 @@ import torch
 
 from benchmarks.clips import moving_faces, real_crops, write_clip
 from benchmarks.common import random_checkpoint
-from utkface.faces import box_iou
-from utkface.predict import Predictor
+from utkface.runtime.faces import box_iou
+from utkface.runtime.predict import Predictor
 
 
 def run(predictor: Predictor, clip: Path, every: int) -> tuple[float, dict]:
@@ -38,7 +38,7 @@ def run(predictor: Predictor, clip: Path, every: int) -> tuple[float, dict]:
 
 def _predictor(checkpoint, backend: str, threads: int | None) -> Predictor:
     if backend == "onnx":
-        from utkface.export import OnnxBackend
+        from utkface.models.export import OnnxBackend
 
         return Predictor(
             OnnxBackend.from_checkpoint(checkpoint, threads=threads), backend_name="onnx"

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utkface.data import Dataset, default_source, prepare
-from utkface.names import AGE_BANDS, RACES
+from utkface.data.dataset import Dataset, default_source, prepare
+from utkface.runtime.names import AGE_BANDS, RACES
 
 REAL_SIZE = 32  # small: the session's real prepare is shared, and speed matters more than detail
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utkface.augment import PHOTO_CONDITIONS, Augment
+from utkface.training.augment import PHOTO_CONDITIONS, Augment
 
 # No flip, zoom, shift, rotation or colour jitter: only the photo condition under test acts.
 STILL = dict(

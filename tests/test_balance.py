@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from utkface.balance import cells, epoch_order, sample_weights
-from utkface.config import ConfigError, resolve_config
+from utkface.training.balance import cells, epoch_order, sample_weights
+from utkface.training.config import ConfigError, resolve_config
 
 # Cells: White/0-19 x2, White/20-39 x3, Black/60+ x1, unknown race/40-59 x1 (its own cell).
 TINY = {"age": np.array([5, 19, 20, 30, 39, 70, 50]), "race": np.array([0, 0, 0, 0, 0, 1, -1])}

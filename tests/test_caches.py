@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from utkface import caches, data
-from utkface.cli import main
-from utkface.errors import OptionError
+from utkface.apps.cli import main
+from utkface.data import caches
+from utkface.data import dataset as data
+from utkface.runtime.errors import OptionError
 
 
 @pytest.fixture

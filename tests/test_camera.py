@@ -27,9 +27,9 @@ from test_serve import CHROMIUM_FLAGS, _browser_or_skip, live_server  # noqa: E4
 from tiny_checkpoints import tiny_checkpoint  # noqa: E402
 
 from benchmarks.clips import moving_faces, real_crops, write_clip  # noqa: E402
-from utkface.images import square_resize  # noqa: E402
-from utkface.predict import Predictor  # noqa: E402
-from utkface.serve import create_app  # noqa: E402
+from utkface.apps.serve import create_app  # noqa: E402
+from utkface.runtime.images import square_resize  # noqa: E402
+from utkface.runtime.predict import Predictor  # noqa: E402
 
 SESSION = "test-session-1"
 

@@ -15,17 +15,17 @@ from conftest import face_pixels
 from safetensors import safe_open
 from tiny_checkpoints import tiny_checkpoint
 
-from utkface import export
-from utkface.checkpoint import (
+from utkface.apps.cli import main
+from utkface.models import export
+from utkface.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
     save_safetensors,
 )
-from utkface.cli import main
-from utkface.errors import OptionError
-from utkface.inference import predict_arrays
+from utkface.models.inference import predict_arrays
+from utkface.runtime.errors import OptionError
 
 
 class Payload:

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from utkface import data
-from utkface.checkpoint import CheckpointError
-from utkface.cli import main
-from utkface.config import ConfigError
-from utkface.errors import MissingExtra, OptionError, UtkfaceError
-from utkface.evaluate import EvaluationError
-from utkface.export import ParityError
-from utkface.faces import DetectorUnavailable
-from utkface.images import ImageError
-from utkface.models import PretrainedWeightsError
-from utkface.names import LabelError
-from utkface.sources import SourceError
+from utkface.apps.cli import main
+from utkface.data import dataset as data
+from utkface.evaluation.evaluate import EvaluationError
+from utkface.models.checkpoint import CheckpointError
+from utkface.models.export import ParityError
+from utkface.models.registry import PretrainedWeightsError
+from utkface.runtime.errors import MissingExtra, OptionError, UtkfaceError
+from utkface.runtime.faces import DetectorUnavailable
+from utkface.runtime.images import ImageError
+from utkface.runtime.names import LabelError
+from utkface.runtime.sources import SourceError
+from utkface.training.config import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -96,8 +96,8 @@ def test_prepare_reads_its_limits_from_the_command_line(tmp_path, make_faces, ca
 
 
 def test_require_names_the_extra_and_the_missing_module():
-    from utkface.errors import require
-    from utkface.video import VideoUnavailable
+    from utkface.runtime.errors import require
+    from utkface.runtime.video import VideoUnavailable
 
     assert require("json.decoder", "unused").__name__ == "json.decoder"  # the submodule
     with pytest.raises(

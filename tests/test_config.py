@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from utkface.cli import main
-from utkface.config import SEED_PRESET, ConfigError, TrainConfig, resolve_config
-from utkface.models import MODEL_NAMES
+from utkface.apps.cli import main
+from utkface.models.registry import MODEL_NAMES
+from utkface.training.config import SEED_PRESET, ConfigError, TrainConfig, resolve_config
 
 
 def test_defaults():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utkface import corruptions
-from utkface.corruptions import CORRUPTIONS, FullCrops, corrupt, corrupted_batch, robustness
+from utkface.data import corruptions
+from utkface.data.corruptions import CORRUPTIONS, FullCrops, corrupt, corrupted_batch, robustness
 
 SIDE = 200
 
@@ -118,7 +118,7 @@ def test_robustness_table_arithmetic_with_a_stand_in_model():
 
 
 def test_full_crops_follow_the_split(tmp_path):
-    from utkface.data import split_of
+    from utkface.data.dataset import split_of
 
     names = [f"{20 + i}_{i % 2}_0_2017011617452{i:04d}.jpg.chip.jpg" for i in range(40)]
     for name in names:

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from test_names import MALFORMED_KEPT
 
-from utkface import data, images
-from utkface.cli import main
-from utkface.names import age_band
-from utkface.sources import iter_members
+from utkface.apps.cli import main
+from utkface.data import dataset as data
+from utkface.runtime import images
+from utkface.runtime.names import age_band
+from utkface.runtime.sources import iter_members
 
 SPLIT_TARGET = {"train": 0.8, "val": 0.1, "test": 0.1}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from utkface.ema import WeightAverage
+from utkface.training.ema import WeightAverage
 
 
 def _model() -> nn.Module:

@@ -11,14 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from utkface import corruptions, data, plots
-from utkface.checkpoint import load_checkpoint, model_spec, save_checkpoint
-from utkface.cli import main
-from utkface.evaluate import EvaluationError, evaluate
-from utkface.inference import predict_arrays
-from utkface.models import build_model
-from utkface.preprocess import Preprocess
-from utkface.report import summary
+from utkface.apps.cli import main
+from utkface.data import corruptions
+from utkface.data import dataset as data
+from utkface.evaluation import plots
+from utkface.evaluation.evaluate import EvaluationError, evaluate
+from utkface.evaluation.report import summary
+from utkface.models.checkpoint import load_checkpoint, model_spec, save_checkpoint
+from utkface.models.inference import predict_arrays
+from utkface.models.preprocess import Preprocess
+from utkface.models.registry import build_model
 
 SIZE = 32
 TOP_KEYS = {

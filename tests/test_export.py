@@ -15,11 +15,11 @@ onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 
 from tiny_checkpoints import tiny_checkpoint  # noqa: E402
 
-from utkface import export  # noqa: E402
-from utkface.checkpoint import load_checkpoint  # noqa: E402
-from utkface.cli import main  # noqa: E402
-from utkface.inference import predict_arrays  # noqa: E402
-from utkface.sources import iter_members  # noqa: E402
+from utkface.apps.cli import main  # noqa: E402
+from utkface.models import export  # noqa: E402
+from utkface.models.checkpoint import load_checkpoint  # noqa: E402
+from utkface.models.inference import predict_arrays  # noqa: E402
+from utkface.runtime.sources import iter_members  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,12 @@ def test_export_writes_checked_model_with_metadata(exported64):
     assert meta["labels"]["gender"] == {"0": "male", "1": "female"}
     assert meta["model"]["tasks"] == ["age", "gender"]
     keys = {entry.key for entry in proto.metadata_props}
-    assert {"utkface.preprocess", "utkface.labels", "utkface.model", "utkface.outputs"} <= keys
+    assert {
+        "utkface.preprocess",
+        "utkface.labels",
+        "utkface.model",
+        "utkface.outputs",
+    } <= keys
     assert json.loads(dict((e.key, e.value) for e in proto.metadata_props)["utkface.model"])
     assert "uint8" in meta["input"]
 
@@ -128,7 +133,7 @@ def test_missing_extra_names_it(monkeypatch, tmp_path):
 
 
 def test_predictor_onnx_backend_matches_torch_backend(exported64, real_data):
-    from utkface.predict import Predictor
+    from utkface.runtime.predict import Predictor
 
     checkpoint, path = exported64
     crops = [m.data for m in itertools.islice(iter_members(real_data), 1, 400, 40)]

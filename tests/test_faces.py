@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from benchmarks import in_the_wild
-from utkface import faces, landmarks
-from utkface.sources import iter_members
+from utkface.runtime import faces, landmarks
+from utkface.runtime.sources import iter_members
 
 needs_dlib = pytest.mark.skipif(
     importlib.util.find_spec("dlib") is None,
@@ -158,7 +158,7 @@ def test_framing_constants_agree_with_a_fresh_measurement(crops):
 
 @needs_dlib
 def test_five_point_template_agrees_with_a_fresh_measurement(crops):
-    measured = landmarks.measure_template(crops[:40])
+    measured = faces.measure_template(crops[:40])
     assert measured == pytest.approx(np.asarray(landmarks.FIVE_POINT_TEMPLATE), abs=4)
 
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import face_pixels
 from PIL import Image
 
-from utkface.images import ImageError, load_rgb
+from utkface.runtime.images import ImageError, load_rgb
 
 hypothesis = pytest.importorskip("hypothesis", reason="the test extra is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

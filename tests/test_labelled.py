@@ -12,15 +12,16 @@ import pytest
 from conftest import encode_jpeg, face_pixels
 from PIL import Image
 
-from utkface import data, faces, images
-from utkface.caches import list_caches
-from utkface.cli import main
-from utkface.evaluate import evaluate
-from utkface.labelled import LabelsError, read_labels, scan_labelled
-from utkface.multisource import Combined, parse_sources, prepare_sources
-from utkface.names import Label
-from utkface.sources import iter_members
-from utkface.train import load_run_config
+from utkface.apps.cli import main
+from utkface.data import dataset as data
+from utkface.data.caches import list_caches
+from utkface.data.labelled import LabelsError, read_labels, scan_labelled
+from utkface.data.multisource import Combined, parse_sources, prepare_sources
+from utkface.evaluation.evaluate import evaluate
+from utkface.runtime import faces, images
+from utkface.runtime.names import Label
+from utkface.runtime.sources import iter_members
+from utkface.training.train import load_run_config
 
 CSV = """file,age,gender,race
 a.jpg,25,male,White

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from utkface.losses import (
+from utkface.runtime.names import NUM_AGES
+from utkface.training.losses import (
     age_loss,
     gaussian_age_targets,
     gender_loss,
@@ -16,7 +17,6 @@ from utkface.losses import (
     race_loss,
     seed_age_loss,
 )
-from utkface.names import NUM_AGES
 
 
 def _gaussian_by_hand(age: int, sigma: float, num_ages: int) -> np.ndarray:

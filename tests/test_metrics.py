@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from utkface import metrics
+from utkface.evaluation import metrics
 
 # Five gender samples worked through by hand: threshold 0.5 predicts [0, 1, 0, 1, 1].
 Y = np.array([0, 0, 1, 1, 1])

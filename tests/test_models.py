@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from utkface.data import default_source
-from utkface.losses import multitask_loss
-from utkface.models import (
+from utkface.data.dataset import default_source
+from utkface.models.registry import (
     INTERVAL,
     PretrainedWeightsError,
     age_quantile,
     build_model,
     decode_outputs,
 )
-from utkface.names import NUM_AGES, RACES
+from utkface.runtime.names import NUM_AGES, RACES
+from utkface.training.losses import multitask_loss
 
 BATCH = 2
 

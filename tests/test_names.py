@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from utkface.names import AGE_BANDS, MAX_AGE, UNKNOWN_RACE, LabelError, age_band, parse_name
+from utkface.runtime.names import AGE_BANDS, MAX_AGE, UNKNOWN_RACE, LabelError, age_band, parse_name
 
 # (name, age, gender, race): well-formed names copied from the shared archive.
 REAL_NAMES = [

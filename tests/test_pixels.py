@@ -28,10 +28,10 @@ import pytest
 from PIL import Image
 from tiny_checkpoints import tiny_checkpoint
 
-from utkface import images, released
-from utkface.images import MIN_FACE_SIDE, ImageError, load_rgb
-from utkface.predict import Predictor
-from utkface.sources import iter_members
+from utkface.runtime import images, released
+from utkface.runtime.images import MIN_FACE_SIDE, ImageError, load_rgb
+from utkface.runtime.predict import Predictor
+from utkface.runtime.sources import iter_members
 
 SIZE = 64
 # "The same prediction" for a lossy copy, with a trained model. Measured with the baseline run's

@@ -16,15 +16,15 @@ import pytest
 from PIL import Image
 from tiny_checkpoints import tiny_checkpoint
 
-from utkface import faces as face_finder
-from utkface.checkpoint import load_checkpoint
-from utkface.cli import main
-from utkface.images import load_rgb
-from utkface.inference import predict_arrays
-from utkface.names import RACES
-from utkface.predict import Prediction, Predictor, TorchBackend
-from utkface.predict_files import describe, predict_files
-from utkface.sources import iter_members
+from utkface.apps.cli import main
+from utkface.models.checkpoint import load_checkpoint
+from utkface.models.inference import predict_arrays
+from utkface.runtime import faces as face_finder
+from utkface.runtime.images import load_rgb
+from utkface.runtime.names import RACES
+from utkface.runtime.predict import Prediction, Predictor, TorchBackend
+from utkface.runtime.predict_files import describe, predict_files
+from utkface.runtime.sources import iter_members
 
 SIZE = 64
 needs_dlib = pytest.mark.skipif(

@@ -18,12 +18,12 @@ from PIL import Image
 from test_predict import smooth_images
 from tiny_checkpoints import tiny_checkpoint
 
-from utkface.checkpoint import load_checkpoint
-from utkface.cli import main
-from utkface.predict import Predictor, TorchBackend
-from utkface.predict_files import predict_files
-from utkface.predict_inputs import count_inputs, in_shard, iter_inputs, parse_shard
-from utkface.predict_output import CSV_COLUMNS, list_parts
+from utkface.apps.cli import main
+from utkface.models.checkpoint import load_checkpoint
+from utkface.runtime.predict import Predictor, TorchBackend
+from utkface.runtime.predict_files import predict_files
+from utkface.runtime.predict_inputs import count_inputs, in_shard, iter_inputs, parse_shard
+from utkface.runtime.predict_output import CSV_COLUMNS, list_parts
 
 COUNT = 300
 

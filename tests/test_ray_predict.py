@@ -10,10 +10,10 @@ from PIL import Image
 from test_predict import smooth_images
 from tiny_checkpoints import tiny_checkpoint
 
-from utkface.cli import main
-from utkface.predict import Predictor
-from utkface.predict_files import predict_files
-from utkface.predict_output import CSV_COLUMNS
+from utkface.apps.cli import main
+from utkface.runtime.predict import Predictor
+from utkface.runtime.predict_files import predict_files
+from utkface.runtime.predict_output import CSV_COLUMNS
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install utkface[ray]")
 pq = pytest.importorskip("pyarrow.parquet")

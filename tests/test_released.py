@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utkface import released
-from utkface.checkpoint import CheckpointError, load_checkpoint
-from utkface.cli import main
-from utkface.data import split_of
-from utkface.names import parse_name
-from utkface.predict import Predictor
-from utkface.sources import iter_members
+from utkface.apps.cli import main
+from utkface.data.dataset import split_of
+from utkface.models.checkpoint import CheckpointError, load_checkpoint
+from utkface.runtime import released
+from utkface.runtime.names import parse_name
+from utkface.runtime.predict import Predictor
+from utkface.runtime.sources import iter_members
 
 REPO = Path(__file__).resolve().parents[1]
 FACES, STRIDE = 400, 5  # of the download's 2,112 test-split crops

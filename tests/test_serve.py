@@ -27,10 +27,10 @@ with warnings.catch_warnings():  # Starlette asks for httpx2; httpx works the sa
     from fastapi.testclient import TestClient  # noqa: E402
 from tiny_checkpoints import tiny_checkpoint  # noqa: E402
 
-from utkface.images import load_rgb  # noqa: E402
-from utkface.predict import Predictor  # noqa: E402
-from utkface.serve import create_app  # noqa: E402
-from utkface.sources import iter_members  # noqa: E402
+from utkface.apps.serve import create_app  # noqa: E402
+from utkface.runtime.images import load_rgb  # noqa: E402
+from utkface.runtime.predict import Predictor  # noqa: E402
+from utkface.runtime.sources import iter_members  # noqa: E402
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -221,7 +221,7 @@ def test_wrong_types_are_415(client, real_crops):
 
 def test_onnx_backend_app_matches_torch(tmp_path, checkpoint, client, real_crops):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-    from utkface.export import export_onnx
+    from utkface.models.export import export_onnx
 
     model = export_onnx(checkpoint, tmp_path / "tiny.onnx", check=False, verbose=False)
     onnx_client = TestClient(create_app(model, backend="onnx"))

@@ -19,10 +19,10 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 
-from utkface.predict import Predictor  # noqa: E402
-from utkface.preprocess import Preprocess  # noqa: E402
-from utkface.serve import WORKER_OPTIONS, create_app, worker_app  # noqa: E402
-from utkface.serve_limits import Admission  # noqa: E402
+from utkface.apps.serve import WORKER_OPTIONS, create_app, worker_app  # noqa: E402
+from utkface.apps.serve_limits import Admission  # noqa: E402
+from utkface.models.preprocess import Preprocess  # noqa: E402
+from utkface.runtime.predict import Predictor  # noqa: E402
 
 JPEG = "image/jpeg"
 
@@ -211,7 +211,7 @@ def test_too_small_to_be_a_face_is_422_before_taking_a_slot(backend):
 
 
 def test_cli_refuses_bad_limits_before_loading_anything(capsys):
-    from utkface.cli import main
+    from utkface.apps.cli import main
 
     assert main(["serve", "--checkpoint", "missing.pt", "--queue", "-1"]) == 2
     assert "queue >= 0, got 1, -1" in capsys.readouterr().err

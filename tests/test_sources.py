@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from utkface import sources
-from utkface.data import prepare
-from utkface.sources import Limits, SourceError, fingerprint, iter_members, unsafe_reason
+from utkface.data.dataset import prepare
+from utkface.runtime import sources
+from utkface.runtime.sources import Limits, SourceError, fingerprint, iter_members, unsafe_reason
 
 GOOD = "20_0_0_20170000000000001.jpg.chip.jpg"
 GOOD2 = "21_1_1_20170000000000002.jpg.chip.jpg"

@@ -26,16 +26,16 @@ import torch
 from conftest import REAL_SIZE
 from PIL import Image
 
-from utkface import metrics
-from utkface import train as train_module
-from utkface.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from utkface.cli import main
-from utkface.config import resolve_config
-from utkface.data import prepare, split_of
-from utkface.inference import predict_arrays
-from utkface.train import Trainer, load_run_config, train
+from utkface.apps.cli import main
+from utkface.data.dataset import prepare, split_of
+from utkface.evaluation import metrics
+from utkface.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from utkface.models.inference import predict_arrays
+from utkface.training import train as train_module
+from utkface.training.config import resolve_config
 from utkface.training.sampling import subset_indices
 from utkface.training.trace import STOP_ENV, TRACE_ENV, parameters_digest
+from utkface.training.train import Trainer, load_run_config, train
 
 pytestmark = pytest.mark.slow
 
@@ -385,7 +385,7 @@ def _labels_in_pixels(source: Path, folder: Path) -> Path:
 
 
 def _load(path: Path):
-    from utkface.images import load_rgb
+    from utkface.runtime.images import load_rgb
 
     return load_rgb(path, 200)
 

@@ -16,16 +16,16 @@ import pytest
 from PIL import Image
 from tiny_checkpoints import tiny_checkpoint
 
-from utkface.cli import main
-from utkface.images import square_resize
-from utkface.tracking import SessionStore, Tracker
+from utkface.apps.cli import main
+from utkface.runtime.images import square_resize
+from utkface.runtime.tracking import SessionStore, Tracker
 
 av = pytest.importorskip("av", reason="the video extra is not installed (pip install av)")
 pytest.importorskip("dlib", reason="the detect extra is not installed (faces are found by dlib)")
 
 from benchmarks.clips import moving_faces, real_crops, write_clip  # noqa: E402
-from utkface.predict import Predictor  # noqa: E402
-from utkface.video import VideoError, read_frames  # noqa: E402
+from utkface.runtime.predict import Predictor  # noqa: E402
+from utkface.runtime.video import VideoError, read_frames  # noqa: E402
 
 FRAMES = 100
 SIZE = (320, 240)  # two lanes of ~106 px faces: dlib finds faces from ~80 px without upsampling
@@ -97,7 +97,7 @@ def test_session_store_is_bounded_in_number_and_idle_time(monkeypatch):
     store.get("b"), store.get("c")
     assert len(store) == 2 and store.get("a") is not first  # "a" was the least recently used
     now = time.monotonic()
-    monkeypatch.setattr("utkface.tracking.clock.monotonic", lambda: now + 11)
+    monkeypatch.setattr("utkface.runtime.tracking.clock.monotonic", lambda: now + 11)
     store.get("d")
     assert len(store) == 1  # the others were idle too long
 
@@ -223,7 +223,7 @@ def test_damaged_video_gives_rows_up_to_the_damage_and_an_error(clip, checkpoint
 
 
 def test_missing_pyav_names_the_extra(monkeypatch, clip):
-    from utkface.video import VideoUnavailable
+    from utkface.runtime.video import VideoUnavailable
 
     monkeypatch.setitem(sys.modules, "av", None)  # import now raises ImportError
     with pytest.raises(VideoUnavailable, match=r"utkface\[video\]"):

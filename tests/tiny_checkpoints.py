@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utkface.checkpoint import model_spec, save_checkpoint
-from utkface.models import build_model
-from utkface.preprocess import Preprocess
+from utkface.models.checkpoint import model_spec, save_checkpoint
+from utkface.models.preprocess import Preprocess
+from utkface.models.registry import build_model
 
 
 def tiny_checkpoint(

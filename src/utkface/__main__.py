@@ -1,5 +1,5 @@
 """`python -m utkface` is the same as the `utkface` command."""
 
-from utkface.cli import main
+from utkface.apps.cli import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The collaborators of `utkface.train`'s loop, one concern each.
+"""The collaborators of `utkface.training.train`'s loop, one concern each.
 
 - `distributed.py`: ranks, devices, the process group, data prepared once per cluster
 - `sampling.py`: which rows of the train split each rank sees in each step, and the per-step seeds

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from utkface.config import TrainConfig
+from utkface.training.config import TrainConfig
 from utkface.training.distributed import Cluster
 
 MEASURED_STEPS = 12

@@ -18,7 +18,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from utkface.config import ConfigError
+from utkface.training.config import ConfigError
 
 T = TypeVar("T")
 # Rank 0 may spend a long time preparing the data while the others wait for it.

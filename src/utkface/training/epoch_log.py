@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from utkface.atomic import atomic_open
-from utkface.plots import save_figure, training_curves
+from utkface.evaluation.plots import save_figure, training_curves
+from utkface.runtime.atomic import atomic_open
 
 
 def write_epoch_files(out: Path, history: list[dict]) -> None:

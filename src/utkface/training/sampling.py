@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from utkface import balance
+from utkface.training import balance
 
 
 def subset_indices(indices: np.ndarray, share: float, seed: int) -> np.ndarray:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from torch import nn
 
-from utkface.checkpoint import read_checkpoint, save_checkpoint
-from utkface.config import ConfigError
-from utkface.ema import WeightAverage
-from utkface.preprocess import Preprocess
+from utkface.models.checkpoint import read_checkpoint, save_checkpoint
+from utkface.models.preprocess import Preprocess
+from utkface.training.config import ConfigError
+from utkface.training.ema import WeightAverage
 
 # Random number states that runs before the per-step seeds (sampling.step_seed) saved; ignored.
 _OLD_RNG_KEYS = ("aug_rng", "torch_rng", "numpy_rng", "python_rng", "cuda_rng")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from utkface.config import TrainConfig
+from utkface.training.config import TrainConfig
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utkface.atomic import atomic_write
-from utkface.config import TrainConfig
+from utkface.runtime.atomic import atomic_write
+from utkface.training.config import TrainConfig
 
 RUNS = {"seed_gender": "gender_model", "seed_age": "age_model"}
 
 
 def train_pair(
+    train,
     config: TrainConfig,
     dataset,
     out: Path,
@@ -25,9 +26,9 @@ def train_pair(
     report_test: bool,
     on_step,
 ) -> dict:
-    """Both CNNs, one after the other; `main`: this process writes the run's `config.json`.
+    """Both CNNs, one after the other, each by `train` (`training.train.train`, the one training
+    loop, which calls this for `seed`); `main`: this process writes the run's `config.json`.
     Returns each CNN's final metrics under its folder's name."""
-    from utkface.train import train  # the one training loop; it calls back here for `seed`
 
     if not resume and main:
         out.mkdir(parents=True, exist_ok=True)  # the whole run's config, for --resume

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utkface.atomic import atomic_write
+from utkface.runtime.atomic import atomic_write
 from utkface.training.distributed import Cluster
 
 TRACE_ENV = "UTKFACE_TRAIN_TRACE"

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from utkface import fairness
-from utkface.data import Dataset
-from utkface.evaluate import build_report
-from utkface.inference import predict_arrays
-from utkface.preprocess import Preprocess
+from utkface.data.dataset import Dataset
+from utkface.evaluation import fairness
+from utkface.evaluation.evaluate import build_report
+from utkface.models.inference import predict_arrays
+from utkface.models.preprocess import Preprocess
 
 GENDER_ERROR_YEARS = 20.0  # model selection: 1 point of gender accuracy = 0.2 years of MAE
 

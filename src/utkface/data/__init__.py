@@ -1,0 +1,1 @@
+"""Data: scan a collection, read its labels, split it by hash and cache it (imports the runtime)."""

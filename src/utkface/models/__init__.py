@@ -1,0 +1,1 @@
+"""Models (torch): the registry of networks, preprocessing, checkpoints, inference and export."""
