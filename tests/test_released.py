@@ -127,5 +127,5 @@ def test_the_wheel_carries_the_weights(tmp_path):
     )  # fmt: skip
     (wheel,) = tmp_path.glob("utkface-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(f"utkface/weights/{released.NAME}.safetensors")
+        data = archive.read(f"utkface/runtime/weights/{released.NAME}.safetensors")
     assert hashlib.sha256(data).hexdigest() == released.SHA256
