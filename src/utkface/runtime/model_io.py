@@ -23,6 +23,9 @@ import numpy as np
 OUTPUT_NAMES = ("age", "age_low", "age_high", "gender_prob", "race_prob", "age_probs")
 INTERVAL = (0.1, 0.9)  # the age interval is the 10th..90th percentile of the age distribution
 SMALLEST_PROB = 1e-30  # a probability rounded to 0 in float32, for its logarithm
+# float32 tells P(female) apart from 1 only down to 1 - 2**-24 = logit 16.6: a logit recovered
+# from a larger P(female) is this, so a saturated view counts as this confident, not infinitely
+GENDER_LOGIT_LIMIT = float(np.log(2.0**24 - 1))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalization of ImageNet-pretrained backbones
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -73,11 +76,17 @@ def average_views(views: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     elif "age" in first:
         out["age"] = np.mean([view["age"] for view in views], axis=0)
     if "gender_prob" in first:
-        logit = np.mean([_log(v["gender_prob"]) - _log(1 - v["gender_prob"]) for v in views], 0)
+        logit = np.mean([gender_logit(view["gender_prob"]) for view in views], axis=0)
         out["gender_prob"] = 1 / (1 + np.exp(-logit))
     if "race_prob" in first:
         out["race_prob"] = _softmax(np.mean([_log(view["race_prob"]) for view in views], axis=0))
     return {key: value.astype(np.float32) for key, value in out.items()}
+
+
+def gender_logit(gender_prob: np.ndarray) -> np.ndarray:
+    """log(P / (1 - P)) of P(female), within +-`GENDER_LOGIT_LIMIT` (float64)."""
+    p = np.asarray(gender_prob, np.float64)
+    return np.clip(_log(p) - _log(1 - p), -GENDER_LOGIT_LIMIT, GENDER_LOGIT_LIMIT)
 
 
 def _log(probs: np.ndarray) -> np.ndarray:

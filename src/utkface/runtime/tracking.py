@@ -36,9 +36,7 @@ import numpy as np
 
 from utkface.runtime.errors import OptionError
 from utkface.runtime.faces import Box, box_iou
-from utkface.runtime.model_io import decode_age
-
-GENDER_LOGIT_LIMIT = 20.0  # P(female) 0 or 1 from a backend would give an infinite logit
+from utkface.runtime.model_io import decode_age, gender_logit
 
 
 @dataclass
@@ -162,9 +160,7 @@ def _averaged(row: dict) -> dict[str, np.ndarray]:
     else:
         values.update({k: np.float64(row[k]) for k in ("age", "age_low", "age_high") if k in row})
     if "gender_prob" in row:
-        p = float(row["gender_prob"])
-        logit = math.log(max(p, 1e-12)) - math.log(max(1 - p, 1e-12))
-        values["gender_logit"] = np.float64(np.clip(logit, -GENDER_LOGIT_LIMIT, GENDER_LOGIT_LIMIT))
+        values["gender_logit"] = gender_logit(row["gender_prob"])
     return values
 
 
