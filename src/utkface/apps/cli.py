@@ -281,10 +281,10 @@ def add_train_parser(subparsers) -> None:
     )
 
     def run(args) -> int:
-        from utkface.training.config import resolve_config
-
         training = require("utkface.training.train", TRAIN_HINT)
         load_run_config, train = training.load_run_config, training.train
+        from utkface.training.config import resolve_config
+
         if args.resume:
             config, out = load_run_config(args.resume), args.resume
         else:
