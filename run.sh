@@ -12,7 +12,8 @@ if [ -z "${TORCH_HOME:-}" ] && [ -d ../shared/torch ]; then
     export TORCH_HOME="$(cd ../shared/torch && pwd)"
 fi
 
-python3 -m pip install -e .
+# Training needs PyTorch: the train extra (the runtime alone is `pip install .`).
+python3 -m pip install -e ".[train]"
 
 # The default model (ImageNet MobileNetV2, one head per task, 112 px) with its schedule fitted
 # to 41 minutes, so the whole job ends within 45 minutes on a 2-core CPU; selection is on val.

@@ -4,8 +4,9 @@
 
 Both sides take the same uint8 (B, S, S, 3) crops and return decoded predictions: PyTorch
 through `inference.predict_arrays` (the torch backend's forward pass), ONNX Runtime through
-`export.OnnxBackend` on the model exported in memory. Without `--checkpoint` the default model
-(random-init mobilenet_v2, age + gender, 128 px) is used; speed does not depend on the weights.
+`runtime.onnx_backend.OnnxBackend` on the model exported in memory. Without `--checkpoint` the
+default model (random-init mobilenet_v2, age + gender, 128 px) is used; speed does not depend
+on the weights.
 Each side gets the same thread count. Runs are bounded by `--seconds` per measurement.
 """
 
@@ -22,9 +23,10 @@ import torch
 
 from benchmarks.common import random_checkpoint
 from utkface.models.checkpoint import load_checkpoint
-from utkface.models.export import OnnxBackend, export_model
+from utkface.models.export import export_model
 from utkface.models.inference import predict_arrays
 from utkface.models.preprocess import Preprocess
+from utkface.runtime.onnx_backend import OnnxBackend
 
 
 def main() -> None:

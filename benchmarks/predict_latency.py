@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=64, help="images in the batch run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20, help="runs per single-image number")
-    parser.add_argument("--backend", default="torch", help="torch or onnx")
+    parser.add_argument(
+        "--backend", help="torch or onnx (default: onnx for an .onnx file, else torch)"
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
             [np.asarray(Image.open(files[0]).convert("RGB").resize((predictor.size,) * 2))]
         )
 
-        print(f"model {predictor.meta.get('model')} at {predictor.size} px, backend {args.backend}")
+        model, backend = predictor.meta.get("model"), predictor.backend_name
+        print(f"model {model} at {predictor.size} px, backend {backend}")
         print(f"torch threads {torch.get_num_threads()}, decode workers {predictor.workers}")
         rows = [
             ("model only, 1 crop", lambda: predictor.backend(crop)),

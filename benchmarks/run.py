@@ -241,10 +241,10 @@ def markdown(report: dict) -> str:
         "included, data preparation and model building excluded). Both runs validated on the "
         f"same files: {'yes' if same else 'no' if same is not None else 'n/a'} "
         "(sha256 of the file list in results.json).",
-        "- Inference: the backend `Predictor` runs (`predict.TorchBackend`, "
-        "`export.OnnxBackend`) on random uint8 crops of the model's size: preprocess + forward "
-        "+ decode; no file decoding or face detection (see benchmarks/predict_latency.py). "
-        "Median of repeated calls after 3 warm-up calls.",
+        "- Inference: the backend `Predictor` runs (`models.backends.TorchBackend`, "
+        "`runtime.onnx_backend.OnnxBackend`) on random uint8 crops of the model's size: "
+        "preprocess + forward + decode; no file decoding or face detection (see "
+        "benchmarks/predict_latency.py). Median of repeated calls after 3 warm-up calls.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -5,8 +5,8 @@ reads back belongs to that step alone; the step writes its figures to `--result`
 `{"machine": {...}, "rows": [{"section", "system", "metric", "value", "text", "notes", ...}]}`.
 
 Every step goes through the project's own code: `data.prepare` (ingest), `train.train` (the real
-training step, schedule and time budget, stopped from its `on_step` hook), `predict.TorchBackend`
-and `export.OnnxBackend` (what `Predictor` runs). Nothing here re-implements them.
+training step, schedule and time budget, stopped from its `on_step` hook), and the backends
+`Predictor` runs (`runtime.backends.load_backend`). Nothing here re-implements them.
 
     python -m benchmarks.steps train_speed --model seed_gender --steps 3 --result /tmp/r.json
 """
@@ -35,6 +35,7 @@ from utkface.data.dataset import Dataset, Record, default_source, prepare
 from utkface.models.checkpoint import model_spec, save_checkpoint
 from utkface.models.preprocess import Preprocess
 from utkface.models.registry import build_model, model_tasks
+from utkface.runtime.backends import load_backend
 from utkface.training.config import resolve_config
 from utkface.training.losses import multitask_loss
 from utkface.training.sampling import subset_indices
@@ -333,14 +334,10 @@ def inference(model: str, backend: str, seconds: float, batch: int, threads: int
         spec = model_spec(model, model_tasks(model, config.tasks))
         save_checkpoint(checkpoint, net, spec, Preprocess(size=config.size))
         if backend == "torch":
-            from utkface.runtime.predict import TorchBackend
-
-            runner = TorchBackend.from_checkpoint(checkpoint)
+            runner = load_backend(checkpoint, "torch", device="cpu")
         else:
             try:
-                from utkface.models.export import OnnxBackend
-
-                runner = OnnxBackend.from_checkpoint(checkpoint, threads=threads)
+                runner = load_backend(checkpoint, "onnx", threads=threads)
             except ImportError as error:
                 return [
                     row(

@@ -37,13 +37,9 @@ def run(predictor: Predictor, clip: Path, every: int) -> tuple[float, dict]:
 
 
 def _predictor(checkpoint, backend: str, threads: int | None) -> Predictor:
-    if backend == "onnx":
-        from utkface.models.export import OnnxBackend
-
-        return Predictor(
-            OnnxBackend.from_checkpoint(checkpoint, threads=threads), backend_name="onnx"
-        )
-    return Predictor.from_checkpoint(checkpoint, backend=backend)
+    return Predictor.from_checkpoint(
+        checkpoint, backend=backend, threads=threads if backend == "onnx" else None
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

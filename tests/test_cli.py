@@ -46,7 +46,7 @@ def _fail_with(monkeypatch, error: BaseException) -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [OptionError("--size must be positive"), MissingExtra("pip install 'utkface[onnx]'")],
+    [OptionError("--size must be positive"), MissingExtra("pip install 'utkface[train]'")],
 )
 def test_a_user_error_is_one_line_and_exit_status_2(monkeypatch, capsys, error):
     _fail_with(monkeypatch, error)

@@ -1,5 +1,5 @@
 """ONNX export: checker, metadata, dynamic batch, parity with PyTorch on real UTKFace crops,
-the ONNX Runtime backend, and the missing-extra error."""
+the runtime's ONNX Runtime backend on the export, and the missing-extra error."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
+onnx = pytest.importorskip("onnx", reason="the train extra is not installed")
 
 from tiny_checkpoints import tiny_checkpoint  # noqa: E402
 
@@ -19,6 +18,8 @@ from utkface.apps.cli import main  # noqa: E402
 from utkface.models import export  # noqa: E402
 from utkface.models.checkpoint import load_checkpoint  # noqa: E402
 from utkface.models.inference import predict_arrays  # noqa: E402
+from utkface.runtime.errors import MissingExtra  # noqa: E402
+from utkface.runtime.onnx_backend import OnnxBackend  # noqa: E402
 from utkface.runtime.sources import iter_members  # noqa: E402
 
 
@@ -69,8 +70,9 @@ def test_onnx_backend_matches_torch_on_real_crops(exported64, crops64, capsys):
     model, meta = load_checkpoint(checkpoint)
     want = predict_arrays(model, meta["preprocess"], crops64)
     assert np.ptp(want["age"]) > 5 and np.ptp(want["gender_prob"]) > 0.3  # not a constant model
-    backend = export.OnnxBackend(path, threads=1)
-    assert backend.preprocess == meta["preprocess"]
+    backend = OnnxBackend(path, threads=1)
+    assert backend.preprocess.to_dict() == meta["preprocess"].to_dict()
+    assert backend.meta["model"] == meta["model"] and backend.meta["format"] == "onnx"
     for batch in (crops64, crops64[:1], crops64[5:8]):  # dynamic batch axis
         got = backend(batch)
         assert set(got) == set(want)
@@ -114,7 +116,7 @@ def test_cli_export_default_size_128_with_race(tmp_path, real_data, capsys):
     assert "parity ONNX Runtime vs PyTorch on 32 images" in printed
     for name in export.OUTPUT_NAMES:
         assert f"  {name}" in printed
-    backend = export.OnnxBackend(out)
+    backend = OnnxBackend(out)
     assert backend(crops[:2])["race_prob"].shape == (2, 5)
     assert export.read_metadata(out)["preprocess"]["size"] == 128
 
@@ -126,10 +128,11 @@ def test_cli_export_reports_bad_checkpoint(tmp_path, capsys):
     assert "not a readable checkpoint" in capsys.readouterr().err
 
 
-def test_missing_extra_names_it(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
-    with pytest.raises(ImportError, match=r"utkface\[onnx\]"):
-        export.OnnxBackend(tmp_path / "any.onnx")
+def test_missing_extra_names_it(monkeypatch, exported64):
+    checkpoint, _ = exported64
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import now raises ImportError
+    with pytest.raises(MissingExtra, match=r"utkface\[train\]' \(missing module 'onnx'\)"):
+        export.export_model(*load_checkpoint(checkpoint))
 
 
 def test_predictor_onnx_backend_matches_torch_backend(exported64, real_data):

@@ -79,12 +79,17 @@ def _collection(folder, count=12, seed=0, extra_rows=""):
     return labels
 
 
+def _prepare(photos, labels, cache):
+    """The photos labelled by `labels`, prepared alone at 32 px, taken as crops."""
+    return prepare_sources(parse_sources([str(photos)], labels, faces="aligned"), 32, out=cache)
+
+
 def test_prepare_a_collection_of_crops_with_bad_rows(tmp_path, capsys):
     photos = tmp_path / "photos"
     labels = _collection(photos, extra_rows="gone.jpg,30,0,0\np001.jpg,31,0,0\nx.jpg,1,2,0\n")
     (photos / "p003.jpg").write_bytes(b"not a jpeg")  # listed but undecodable
     (photos / "extra.jpg").write_bytes(encode_jpeg(face_pixels(99, 48)))  # not listed
-    dataset = data.prepare(photos, size=32, out=tmp_path / "cache", labels=labels, faces="aligned")
+    dataset = _prepare(photos, labels, tmp_path / "cache")
     files = [record.file for record in dataset.records]
     assert files == [f"p{i:03d}.jpg" for i in range(12) if i != 3]
     record = dataset.records[files.index("p005.jpg")]
@@ -99,10 +104,10 @@ def test_prepare_a_collection_of_crops_with_bad_rows(tmp_path, capsys):
     assert "listed again" in reasons["p001.jpg"] and "gender '2'" in reasons["x.jpg"]
     assert dataset.seen == 11 + 5 and "skipped     1: missing" in dataset.summary()
     # the cache is reused as long as the labels are the same, and rebuilt when they change
-    again = data.prepare(photos, size=32, out=tmp_path / "cache", labels=labels, faces="aligned")
+    again = _prepare(photos, labels, tmp_path / "cache")
     assert again.cache_dir == dataset.cache_dir
     labels.write_text(labels.read_text().replace("p005.jpg,40", "p005.jpg,41"))
-    changed = data.prepare(photos, size=32, out=tmp_path / "cache", labels=labels, faces="aligned")
+    changed = _prepare(photos, labels, tmp_path / "cache")
     assert changed.cache_dir != dataset.cache_dir
     assert changed.records[files.index("p005.jpg")].age == 41
     argv = ["prepare", "--data", str(photos), "--labels", str(labels), "--faces", "aligned"]
@@ -175,7 +180,7 @@ def test_several_sources_train_and_evaluate_per_source(tmp_path, make_faces, fac
     for record in combined.records:
         by_source.setdefault(record.source, []).append(record)
     assert {name: len(rows) for name, rows in by_source.items()} == {"utk": 30, "photos": 30}
-    alone = data.prepare(photos, size=32, out=cache, labels=labels, faces="aligned")
+    alone = _prepare(photos, labels, cache)
     # each source keeps its own split and pixels: the labelled one is its own prepare, appended
     assert [r.split for r in by_source["photos"]] == [r.split for r in alone.records]
     assert np.array_equal(combined.images[30:], alone.images)

@@ -1,11 +1,13 @@
 """Models: output shapes, no NaNs, a gradient for every parameter; `decode_outputs` on
-hand-made age distributions; ImageNet weights offline, and the error when they are missing."""
+hand-made age distributions, and the runtime's numpy decoding against it; ImageNet weights
+offline, and the error when they are missing."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from utkface.models.registry import (
     build_model,
     decode_outputs,
 )
+from utkface.runtime import model_io
 from utkface.runtime.names import NUM_AGES, RACES
 from utkface.training.losses import multitask_loss
 
@@ -134,6 +137,49 @@ def test_decode_uniform_distribution():
     # Smallest k with (k + 1) / 117 >= q: k = ceil(117 q) - 1.
     assert decoded["age_low"].tolist() == [math.ceil(NUM_AGES * INTERVAL[0]) - 1] * 3
     assert decoded["age_high"].tolist() == [math.ceil(NUM_AGES * INTERVAL[1]) - 1] * 3
+
+
+def test_the_runtime_decodes_a_distribution_as_the_graph_does():
+    """`model_io.decode_age` (numpy: the tracker's averaged distributions, flip TTA) gives what
+    `decode_outputs` (torch, traced into ONNX exports) gives."""
+    logits = torch.randn(64, NUM_AGES, generator=torch.Generator().manual_seed(0)) * 3
+    logits[:16] *= 10  # peaked distributions: percentiles on single ages
+    decoded = decode_outputs({"age": logits})
+    age, low, high = model_io.decode_age(decoded["age_probs"].numpy())
+    np.testing.assert_allclose(age, decoded["age"].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(low, decoded["age_low"].numpy())
+    np.testing.assert_array_equal(high, decoded["age_high"].numpy())
+    assert np.ptp(age) > 30 and (high - low).min() == 0  # spread and peaked rows both present
+
+
+def test_views_combine_as_their_averaged_raw_outputs_would():
+    """Flip TTA after the model (`model_io.average_views`, any backend) equals averaging the
+    model's raw outputs before decoding, as a forward pass of both views would (gender logits
+    within the +-16.6 that float32 P(female) can tell apart)."""
+    generator = torch.Generator().manual_seed(1)
+    views = [
+        {
+            "age": torch.randn(32, NUM_AGES, generator=generator) * 4,
+            "gender": (torch.randn(32, generator=generator) * 5).clamp(-15, 15),
+            "race": torch.randn(32, len(RACES), generator=generator) * 3,
+        }
+        for _ in range(2)
+    ]
+    want = decode_outputs({key: (views[0][key] + views[1][key]) / 2 for key in views[0]})
+    decoded = [{k: v.numpy() for k, v in decode_outputs(view).items()} for view in views]
+    got = model_io.average_views(decoded)
+    assert set(got) == set(want)
+    # P(female) near 1 is rounded to float32's 6e-8 steps: logits near 15 come back a little off
+    for key, atol in (("age", 1e-3), ("gender_prob", 2e-4), ("race_prob", 1e-5)):
+        np.testing.assert_allclose(got[key], want[key].numpy(), atol=atol)
+    np.testing.assert_allclose(got["age_probs"], want["age_probs"].numpy(), atol=1e-6)
+    for key in ("age_low", "age_high"):
+        np.testing.assert_array_equal(got[key], want[key].numpy())
+    regressed = model_io.average_views([{"age": np.array([30.0])}, {"age": np.array([34.0])}])
+    assert regressed == {"age": pytest.approx(np.array([32.0]))}
+    # A view saturated at P(female) = 1 counts as logit 16.6, not infinitely sure.
+    saturated = [{"gender_prob": np.float32([1.0])}, {"gender_prob": np.float32([1 / (1 + 2e7)])}]
+    assert model_io.average_views(saturated)["gender_prob"][0] == pytest.approx(0.5, abs=0.02)
 
 
 def test_age_quantile_rows_are_independent():

@@ -17,12 +17,13 @@ from PIL import Image
 from tiny_checkpoints import tiny_checkpoint
 
 from utkface.apps.cli import main
+from utkface.models.backends import TorchBackend
 from utkface.models.checkpoint import load_checkpoint
 from utkface.models.inference import predict_arrays
 from utkface.runtime import faces as face_finder
 from utkface.runtime.images import load_rgb
 from utkface.runtime.names import RACES
-from utkface.runtime.predict import Prediction, Predictor, TorchBackend
+from utkface.runtime.predict import Prediction, Predictor
 from utkface.runtime.predict_files import describe, predict_files
 from utkface.runtime.sources import iter_members
 
@@ -285,7 +286,7 @@ def test_backend_interface_options_and_race_head(checkpoint, tmp_path):
     (result,) = Predictor(Constant()).predict([smooth_images(1)[0]], faces="aligned")
     face = result.faces[0]
     assert (face.age, face.age_low, face.gender, face.gender_prob) == (30.0, None, "male", 0.2)
-    with pytest.raises(ValueError, match="torch, onnx"):
+    with pytest.raises(ValueError, match="onnx, torch"):
         Predictor.from_checkpoint(checkpoint, backend="tensorflow")
     with pytest.raises(ValueError, match="auto, detect, aligned"):
         Predictor(Constant(), faces="everything")

@@ -19,8 +19,9 @@ from test_predict import smooth_images
 from tiny_checkpoints import tiny_checkpoint
 
 from utkface.apps.cli import main
+from utkface.models.backends import TorchBackend
 from utkface.models.checkpoint import load_checkpoint
-from utkface.runtime.predict import Predictor, TorchBackend
+from utkface.runtime.predict import Predictor
 from utkface.runtime.predict_files import predict_files
 from utkface.runtime.predict_inputs import count_inputs, in_shard, iter_inputs, parse_shard
 from utkface.runtime.predict_output import CSV_COLUMNS, list_parts

@@ -1,7 +1,9 @@
 """Command line: `utkface <command> ...`. Parsing only; the work is done by library functions.
 
 Each command has an `add_<command>_parser(subparsers)` that registers its arguments and sets
-`func`, a function taking the parsed arguments and returning the exit code.
+`func`, a function taking the parsed arguments and returning the exit code. Nothing heavy is
+imported to parse the arguments: each command imports what it runs (so `utkface --help` and a
+prediction start fast, and commands that need PyTorch say which extra installs it).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utkface.runtime.errors import OptionError, UtkfaceError, require
+from utkface.runtime.errors import TRAIN_HINT, OptionError, UtkfaceError, require
 from utkface.runtime.sources import Limits
 
 
@@ -74,7 +76,10 @@ def add_evaluate_parser(subparsers) -> None:
     )
     parser.add_argument("--tta", action="store_true", help="average with the mirrored image")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", help="cpu, cuda, mps (default: cuda if available)")
+    add_backend_argument(parser)
+    parser.add_argument(
+        "--device", help="torch backend: cpu, cuda, mps (default: cuda if available)"
+    )
     parser.add_argument("--cache", help="prepare cache folder (default: $UTKFACE_CACHE)")
     parser.add_argument("--split-seed", type=int, help="split seed (default: the checkpoint's)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes")
@@ -111,6 +116,7 @@ def add_evaluate_parser(subparsers) -> None:
             make_plots=not args.no_plots,
             progress=True,
             corruptions=args.corruptions,
+            backend=args.backend,
         )
         print(summary(report))
         print(f"written to {out}")
@@ -124,7 +130,9 @@ def add_export_parser(subparsers) -> None:
         "export",
         help="export a checkpoint to ONNX or safetensors, checked for parity with PyTorch",
     )
-    add_checkpoint_argument(parser, "from `train` (.pt) or `export --format safetensors`")
+    add_checkpoint_argument(
+        parser, "from `train` (.pt) or `export --format safetensors`", released="torch"
+    )
     parser.add_argument(
         "--format",
         choices=("onnx", "safetensors"),
@@ -146,12 +154,11 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip the parity check")
 
     def run(args) -> int:
-        from utkface.models.export import DEFAULT_OPSET, export_onnx, export_safetensors
-
+        export = require("utkface.models.export", TRAIN_HINT)
         if args.format == "safetensors":
             if args.opset is not None:
                 raise OptionError("--opset applies to --format onnx only")
-            export_safetensors(
+            export.export_safetensors(
                 args.checkpoint,
                 args.out,
                 half=args.half,
@@ -161,10 +168,10 @@ def add_export_parser(subparsers) -> None:
             return 0
         if args.half:
             raise OptionError("--half applies to --format safetensors only")
-        export_onnx(
+        export.export_onnx(
             args.checkpoint,
             args.out,
-            opset=args.opset or DEFAULT_OPSET,
+            opset=args.opset or export.DEFAULT_OPSET,
             check=not args.no_check,
             images=args.images,
         )
@@ -178,9 +185,7 @@ def add_serve_parser(subparsers) -> None:
     add_checkpoint_argument(parser, "(.pt or .safetensors) or export (.onnx)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--backend", choices=("torch", "onnx"), help="default: onnx for an .onnx file, else torch"
-    )
+    add_backend_argument(parser)
     add_faces_argument(
         parser, "auto (default): decide per photo; detect: find faces; aligned: a crop"
     )
@@ -211,13 +216,11 @@ def add_serve_parser(subparsers) -> None:
     def run(args) -> int:
         hint = "the web demo is an optional extra: pip install 'utkface[serve]'"
         serve = require("utkface.apps.serve", hint).run
-
-        backend = args.backend or ("onnx" if args.checkpoint.endswith(".onnx") else "torch")
         serve(
             args.checkpoint,
             host=args.host,
             port=args.port,
-            backend=backend,
+            backend=args.backend,
             faces=args.faces,
             max_bytes=int(args.max_mb * 2**20),
             max_pixels=int(args.max_megapixels * 1e6),
@@ -278,8 +281,9 @@ def add_train_parser(subparsers) -> None:
     )
 
     def run(args) -> int:
+        training = require("utkface.training.train", TRAIN_HINT)
+        load_run_config, train = training.load_run_config, training.train
         from utkface.training.config import resolve_config
-        from utkface.training.train import load_run_config, train
 
         if args.resume:
             config, out = load_run_config(args.resume), args.resume
@@ -377,7 +381,7 @@ def add_predict_parser(subparsers) -> None:
         "with --engine ray, model actors (default: 1)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (torch backend)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    add_backend_argument(parser)
     parser.add_argument(
         "--every", type=int, default=2, help="videos: detect faces on every N-th frame and "
         "follow them with the tracker in between (default 2; 1: detect on every frame)",
@@ -527,12 +531,24 @@ def add_data_arguments(parser) -> None:
     )
 
 
-def add_checkpoint_argument(parser, kinds: str) -> None:
+def add_checkpoint_argument(parser, kinds: str, released: str | None = None) -> None:
     """--checkpoint of the commands that use a model; `main` puts the released one in its place
-    when it is not given."""
+    when it is not given: its ONNX export, or its PyTorch weights for `released="torch"` (a
+    command that needs them) and for `--backend torch`."""
     parser.add_argument(
         "--checkpoint",
         help=f"checkpoint {kinds} (default: the released model, see `utkface info`)",
+    )
+    parser.set_defaults(released=released)
+
+
+def add_backend_argument(parser) -> None:
+    """--backend: what runs the model (`runtime.backends`)."""
+    parser.add_argument(
+        "--backend",
+        choices=("onnx", "torch"),
+        help="onnx: ONNX Runtime; torch: PyTorch, extra utkface[train] (default: onnx for an "
+        ".onnx file and the released model, torch for a training checkpoint)",
     )
 
 
@@ -547,12 +563,18 @@ def add_info_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "info", help="what a checkpoint is: model, input, training recipe, scores, file, terms"
     )
-    add_checkpoint_argument(parser, "(.pt or .safetensors)")
+    add_checkpoint_argument(parser, "(.pt or .safetensors) or export (.onnx)")
 
     def run(args) -> int:
-        from utkface.models.checkpoint import describe_checkpoint
+        from utkface.runtime.onnx_backend import is_onnx
 
-        print(describe_checkpoint(args.checkpoint))
+        if is_onnx(args.checkpoint):
+            from utkface.runtime.model_info import describe_onnx
+
+            print(describe_onnx(args.checkpoint))
+        else:
+            checkpoints = require("utkface.models.checkpoint", TRAIN_HINT)
+            print(checkpoints.describe_checkpoint(args.checkpoint))
         return 0
 
     parser.set_defaults(func=run)
@@ -597,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "checkpoint", "") is None:  # a command that uses a model, none given
         from utkface.runtime import released
 
-        args.checkpoint = str(released.path())
+        backend = args.released or getattr(args, "backend", None) or "onnx"
+        args.checkpoint = str(released.path(backend))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

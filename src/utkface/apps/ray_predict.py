@@ -28,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from utkface.runtime.backends import check_backend, default_backend, load_backend
 from utkface.runtime.errors import OptionError, require
-from utkface.runtime.predict import FaceResult, Prediction, backend_loader, fill_face, prepare_input
+from utkface.runtime.predict import prepare_input
 from utkface.runtime.predict_files import RunSummary
 from utkface.runtime.predict_inputs import FOLDER_SUFFIXES, in_shard, iter_inputs
 from utkface.runtime.predict_output import CSV_COLUMNS, csv_rows, parquet_schema
+from utkface.runtime.results import FaceResult, Prediction, fill_face
 
 INSTALL_HINT = "the Ray engine is an optional extra: pip install 'utkface[ray]'"
 
@@ -49,7 +51,7 @@ def predict_ray(
     *,
     faces: str = "auto",
     shard: tuple[int, int] = (0, 1),
-    backend: str = "torch",
+    backend: str | None = None,
     device: str = "cpu",
     batch_size: int = 32,
     actors: int = 1,
@@ -59,7 +61,7 @@ def predict_ray(
     (see the module docstring). Uses the running Ray (e.g. `ray.init` by the caller), else
     connects to `address`, else starts a local one. Returns the counts of what was written."""
     ray = require_ray()
-    backend_loader(backend)  # an unknown name fails here, before Ray starts
+    backend = check_backend(backend or default_backend(checkpoint))  # before Ray starts
     local_out = "://" not in str(out)
     if local_out and Path(out).is_dir() and any(Path(out).glob("*.parquet")):
         raise OptionError(f"{out} already holds Parquet files; choose another --out")
@@ -99,7 +101,7 @@ def predict_ray(
 
 def _model_size(checkpoint: str | os.PathLike, backend: str) -> int:
     """The crop side the model wants, from the checkpoint alone."""
-    return backend_loader(backend)(checkpoint, device="cpu").preprocess.size
+    return load_backend(checkpoint, backend, device="cpu").preprocess.size
 
 
 def _crop_rows(row: dict, faces: str, size: int) -> list[dict]:
@@ -118,7 +120,7 @@ class _Model:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"model{suffix}"
             path.write_bytes(model_bytes)
-            self.backend = backend_loader(backend)(path, device=device)
+            self.backend = load_backend(path, backend, device=device)
 
     def __call__(self, batch):  # a pandas DataFrame of rows from `_crop_rows`
         import pyarrow as pa

@@ -1,7 +1,11 @@
 """The web demo: a JSON API and a page that annotates an uploaded photo.
 
-    utkface serve --checkpoint runs/x/best.pt [--host 127.0.0.1] [--port 8000] [--backend onnx]
-                  [--workers 1] [--concurrency 1] [--queue 16]
+    utkface serve [--checkpoint model.onnx|best.pt] [--host 127.0.0.1] [--port 8000]
+                  [--backend onnx|torch] [--workers 1] [--concurrency 1] [--queue 16]
+
+Without `--checkpoint` it serves the released model's ONNX export on ONNX Runtime (no PyTorch,
+no export at start); a training checkpoint runs on PyTorch (`--backend onnx` exports it in
+memory first), extra `utkface[train]`.
 
 - `GET /`: a page where a person drops or chooses a photo and sees the faces boxed and labelled
   (drawn client-side on a canvas from the JSON answer).
@@ -76,20 +80,23 @@ WORKER_OPTIONS = "UTKFACE_SERVE_OPTIONS"  # create_app's arguments, as JSON, for
 def create_app(
     model: str | os.PathLike | Predictor,
     *,
-    backend: str = "torch",
+    backend: str | None = None,
     faces: str = "auto",
+    threads: int | None = None,
     max_bytes: int = MAX_BYTES,
     max_pixels: int = MAX_PIXELS,
     accepted_types: dict[str, str] | None = None,
     admission: Admission | None = None,
 ) -> FastAPI:
-    """The app, around a `Predictor` or a checkpoint path (loaded here, once, with `backend`
-    and `faces`, see `predict.Predictor`). `admission` bounds the requests at once and their
-    waiting times (default: `serve_limits.Admission()`)."""
+    """The app, around a `Predictor` or a model file (loaded here, once, with `backend`,
+    `faces` and `threads`, see `predict.Predictor.from_checkpoint`). `admission` bounds the
+    requests at once and their waiting times (default: `serve_limits.Admission()`)."""
     if isinstance(model, (str, os.PathLike)):
         from utkface.runtime.predict import Predictor
 
-        predictor = Predictor.from_checkpoint(model, device="cpu", backend=backend, faces=faces)
+        predictor = Predictor.from_checkpoint(
+            model, device="cpu", backend=backend, threads=threads, faces=faces
+        )
     else:
         predictor = model
     accepted = dict(accepted_types or ACCEPTED_TYPES)
@@ -282,7 +289,7 @@ def run(
     checkpoint: str | os.PathLike,
     host: str = "127.0.0.1",
     port: int = 8000,
-    backend: str = "torch",
+    backend: str | None = None,
     workers: int = 1,
     limits: dict | None = None,
     **options,
@@ -311,10 +318,10 @@ def run(
 
 def worker_app() -> FastAPI:
     """The app of one of `run`'s worker processes, from the options `run` left in the
-    environment. The cores are shared out between the workers' torch threads."""
-    import torch
-
+    environment. The cores are shared out between the workers' model threads."""
     options = json.loads(os.environ[WORKER_OPTIONS])
     workers, limits = options.pop("workers"), options.pop("limits")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    return create_app(options.pop("checkpoint"), admission=Admission(**limits), **options)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return create_app(
+        options.pop("checkpoint"), admission=Admission(**limits), threads=threads, **options
+    )

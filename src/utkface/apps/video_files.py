@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from utkface.runtime.atomic import atomic_open
 from utkface.runtime.errors import OptionError
-from utkface.runtime.predict import Prediction, Predictor, estimate_text
+from utkface.runtime.predict import Predictor
 from utkface.runtime.predict_output import FILE_SUFFIXES  # the same single-file outputs as photos
+from utkface.runtime.results import Prediction, estimate_text
 from utkface.runtime.video import VideoError, VideoWriter, probe, read_frames
 from utkface.runtime.video_faces import DEFAULT_EVERY, FaceStream, FrameResult
 

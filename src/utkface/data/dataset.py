@@ -191,14 +191,16 @@ def prepare(
     workers: int | None = None,
     progress: bool = False,
     limits: Limits | None = None,
-    labels: str | os.PathLike | None = None,
-    faces: str = "auto",
+    scanner: Callable | None = None,
+    scanner_settings: dict | None = None,
 ) -> Dataset:
     """Scan, split and cache `source`; reuse the cache when inputs and settings match.
     `limits` bounds what is read from `source` (default `sources.Limits()`).
 
-    With `labels` (a CSV, see `labelled`), `source` is any collection of photos labelled by that
-    file, each cut to a face crop as `faces` says ("auto", "detect" or "aligned")."""
+    `scanner` reads `source` like `scan` (its default: UTKFace names); another one, such as a
+    labelled collection's (`labelled.scanner`, which `multisource.prepare_sources` passes),
+    comes with `scanner_settings`, what besides the files decides its pixels and labels, so
+    they key the cache too."""
     source = Path(source) if source is not None else default_source()
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise OptionError(f"split fractions {list(fractions)} must be three numbers summing to 1")
@@ -213,12 +215,8 @@ def prepare(
     }
     if limits is not None and limits != Limits():  # other limits may skip other files
         settings["limits"] = dataclasses.asdict(limits)
-    scanner = scan
-    if labels is not None:  # keys only for labelled sources: UTKFace caches keep their names
-        from utkface.data import labelled
-
-        scanner = labelled.scanner(labels, faces)
-        settings.update(labelled.cache_settings(labels, faces))
+    settings.update(scanner_settings or {})  # none for UTKFace: its caches keep their names
+    scanner = scanner or scan
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache_dir = Path(out or default_cache()) / f"{source.name.split('.')[0]}-{size}px-{key}"
     if not (cache_dir / "meta.json").is_file():

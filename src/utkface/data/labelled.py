@@ -14,7 +14,7 @@ finds the face (`detect_faces`) and cuts it with UTKFace's recipe (`crop_face` o
 detection's landmark `chip`), `auto` decides per photo (`looks_aligned`), as `utkface predict`
 does. Nothing is dropped silently: a row with a bad label, a listed file that is missing, a
 photo with no face or several faces, an undecodable file and a file the CSV does not list are
-each skipped with the reason, and the rest goes on. `data.prepare(..., labels=...)` caches the
+each skipped with the reason, and the rest goes on. `multisource.prepare_sources` caches the
 result like a UTKFace download; the cache key includes the CSV's content, the face mode and the
 crop code, so changing any of them makes a new cache.
 """

@@ -89,14 +89,26 @@ def prepare_sources(
             workers=workers,
             progress=progress,
             limits=limits,
-            labels=spec.labels,
-            faces=spec.faces,
+            **_reader(spec),
         )
         for spec in specs
     ]
     if len(parts) == 1:
         return parts[0]
     return combine(parts, unique_names(specs))
+
+
+def _reader(spec: SourceSpec) -> dict:
+    """How `data.prepare` reads a source: by UTKFace names (its default), or by the labels CSV
+    (`labelled.scanner`, whose settings key the cache)."""
+    if spec.labels is None:
+        return {}
+    from utkface.data.labelled import cache_settings, scanner
+
+    return {
+        "scanner": scanner(spec.labels, spec.faces),
+        "scanner_settings": cache_settings(spec.labels, spec.faces),
+    }
 
 
 def scan_sources(sources, size: int = 128, workers=None, progress: bool = False) -> data.Scan:

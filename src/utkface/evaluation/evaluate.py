@@ -10,10 +10,12 @@ cache as training; `split="all"` scans every file of `data` with `data.scan`, wi
 manifest, so a separately held set is scored without being prepared. `split=None` means "test"
 when no `data` is given and "all" when it is. Files that cannot be used are listed, with reasons.
 
-The forward pass is `inference.predict_arrays` with the checkpoint's own `Preprocess` (optionally
-averaged with the mirrored image), the numbers come from `metrics`, and only the tasks the model
-has are scored. With `out`, the folder gets report.json (stable keys), report.md, predictions.csv
-and the plots of `plots.py`.
+The model runs behind the runtime's backends (`runtime.backends`): an ONNX export (the released
+model is one) on ONNX Runtime, without PyTorch; a training checkpoint on PyTorch (or exported in
+memory for `backend="onnx"`), extra `utkface[train]`. Each applies the model's own input
+preprocessing; `tta` combines each face with its mirror image. The numbers come from `metrics`,
+and only the tasks the model has are scored. With `out`, the folder gets report.json (stable
+keys), report.md, predictions.csv and the plots of `plots.py`.
 """
 
 from __future__ import annotations
@@ -28,17 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from utkface.data import dataset as data_module
 from utkface.data.multisource import parse_sources, prepare_sources, scan_sources
 from utkface.evaluation import metrics, plots
 from utkface.evaluation.report import markdown
-from utkface.models.checkpoint import load_checkpoint
-from utkface.models.inference import predict_arrays
-from utkface.models.registry import INTERVAL
 from utkface.runtime.atomic import atomic_write
+from utkface.runtime.backends import load_backend, predict_batches
 from utkface.runtime.errors import UtkfaceError
+from utkface.runtime.model_io import INTERVAL
 from utkface.runtime.names import RACES
 
 REPORT_VERSION = 1
@@ -80,8 +80,12 @@ def evaluate(
     make_plots: bool = True,
     progress: bool = False,
     corruptions: bool = False,
+    backend: str | None = None,
 ) -> dict:
     """Score `checkpoint` on `data` and return the report dict (written to `out` if given).
+
+    `backend` runs the model (`runtime.backends.load_backend`: default onnx for an `.onnx`
+    export, torch for a training checkpoint); `device` is torch's (default: a GPU if any).
 
     `data` is a folder or archive (or an already loaded `data.Dataset` / `data.Scan`); see the
     module docstring for `split`. `cache` is the prepare cache folder and `split_seed` the seed
@@ -93,14 +97,13 @@ def evaluate(
     started = time.perf_counter()
     if split is not None and split not in SPLIT_CHOICES:
         raise EvaluationError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, meta = load_checkpoint(checkpoint, device=device)
-    preprocess = meta["preprocess"]
+    model = load_backend(checkpoint, backend, device=device)
+    meta, preprocess = model.meta, model.preprocess
     if split_seed is None:
         split_seed = int((meta.get("config") or {}).get("seed", 0))  # train splits by its seed
     evalset = load_evalset(data, split, preprocess.size, cache, split_seed, workers, progress)
     loaded = time.perf_counter()
-    predictions = predict_arrays(model, preprocess, evalset.images, batch_size=batch_size, tta=tta)
+    predictions = predict_batches(model, evalset.images, batch_size=batch_size, tta=tta)
     predicted = time.perf_counter()
 
     report = build_report(evalset.labels, predictions)
@@ -113,8 +116,13 @@ def evaluate(
     }
     report["data"] = _data_block(evalset)
     if corruptions:
-        report["corruptions"] = _corruptions(model, preprocess, data, evalset, tta, batch_size)
-    report["settings"] = {"tta": tta, "batch_size": batch_size, "device": str(device)}
+        report["corruptions"] = _corruptions(model, data, evalset, tta, batch_size)
+    report["settings"] = {
+        "tta": tta,
+        "batch_size": batch_size,
+        "backend": model.name,
+        "device": model.device,
+    }
     report["timing"] = {
         "load_s": loaded - started,
         "predict_s": predicted - loaded,
@@ -140,7 +148,7 @@ def evaluate(
     return report
 
 
-def _corruptions(model, preprocess, data, evalset: EvalSet, tta: bool, batch_size: int) -> dict:
+def _corruptions(model, data, evalset: EvalSet, tta: bool, batch_size: int) -> dict:
     from utkface.data import corruptions
 
     if isinstance(data, data_module.Scan):
@@ -151,9 +159,9 @@ def _corruptions(model, preprocess, data, evalset: EvalSet, tta: bool, batch_siz
     crops = corruptions.load_full_crops(evalset.source, split, evalset.split_seed or 0)
 
     def predict(images):
-        return predict_arrays(model, preprocess, images, batch_size=batch_size, tta=tta)
+        return predict_batches(model, images, batch_size=batch_size, tta=tta)
 
-    return corruptions.robustness(predict, crops, preprocess.size, progress=True)
+    return corruptions.robustness(predict, crops, model.preprocess.size, progress=True)
 
 
 def load_evalset(

@@ -14,13 +14,14 @@ loader (`load_checkpoint` tells them apart by content):
   which has no code path at all, and the metadata as JSON in the header's `__metadata__`
   (key `utkface`), all in one file; optionally fp16 weights, half the size.
 
-`load_checkpoint(path, sha256=...)` checks the file's SHA-256 before parsing it. Files are
+`load_checkpoint(path, sha256=...)` checks the file's SHA-256 before parsing it.
+`CheckpointError` (a file that is not a usable or not a safe model file) is the runtime's, shared
+with ONNX exports. Files are
 written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -37,7 +38,8 @@ from utkface.models.preprocess import Preprocess
 from utkface.models.registry import build_model, model_tasks
 from utkface.runtime import released
 from utkface.runtime.atomic import atomic_open, atomic_write
-from utkface.runtime.errors import OptionError, UtkfaceError
+from utkface.runtime.errors import CheckpointError, OptionError
+from utkface.runtime.model_info import describe_model
 from utkface.runtime.names import GENDERS, MAX_AGE, RACES
 
 FORMAT_VERSION = 1
@@ -50,10 +52,6 @@ LABELS = {
 META_KEYS = ("format_version", "model", "preprocess", "labels", "config", "metrics", "epoch")
 SAFETENSORS_KEY = "utkface"  # the entry of the safetensors `__metadata__` holding our JSON
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
-
-
-class CheckpointError(UtkfaceError, ValueError):
-    """A file that is not a usable (or not a safe) utkface checkpoint; the message names it."""
 
 
 def model_spec(name: str, tasks, **kwargs) -> dict:
@@ -136,13 +134,7 @@ def _path_and_bytes(source: str | os.PathLike | bytes) -> tuple[Path, bytes]:
 
 def _parse(path: Path, data: bytes, sha256: str | None) -> dict:
     """`read_checkpoint` of bytes already read."""
-    if sha256 is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256.lower():
-            raise CheckpointError(
-                f"{path}: SHA-256 {actual} does not match the expected {sha256.lower()}; "
-                "the file is damaged or not the one expected, so it was not loaded"
-            )
+    released.verify_sha256(path, data, sha256)
     state = _read_safetensors(path, data) if _is_safetensors(data) else _read_torch(path, data)
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a utkface checkpoint (no format_version)")
@@ -183,38 +175,12 @@ def load_checkpoint(
 
 
 def describe_checkpoint(source: str | os.PathLike) -> str:
-    """What `utkface info` prints: the file (size, SHA-256, whether it is the released model),
-    the model and its input, the training recipe and the scores that selected it."""
+    """What `utkface info` prints for a checkpoint (`model_info.describe_model`)."""
     path, data = _path_and_bytes(source)
-    expected = released.expected_sha256(path)
-    state = _parse(path, data, expected)
+    state = _parse(path, data, released.expected_sha256(path))
     weights = state["state_dict"].values()
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in weights if t.is_floating_point()})
-    spec, config, metrics = state["model"], state.get("config") or {}, state.get("metrics") or {}
-    is_released = expected is not None
-    name = f"released model {released.NAME}" if is_released else "checkpoint"
-    ema = metrics.get("selected") == "ema"
-    prefix, weights_kind = ("val_ema_", "EMA") if ema else ("val_", "raw")
-    lines = [
-        f"{name}: {source} ({len(data) / 1e6:.1f} MB, sha256 {hashlib.sha256(data).hexdigest()})",
-        f"model: {spec['name']}, tasks {', '.join(spec['tasks'])}, "
-        f"{sum(t.numel() for t in weights) / 1e6:.2f} M values ({', '.join(dtypes)}), "
-        f"input {state['preprocess'].get('size')} px",
-    ]
-    recipe = ("epochs", "time_budget", "batch_size", "lr", "photo_augment", "balance_alpha", "seed")
-    if config.get("time_budget"):  # the schedule was fitted to the minutes, not to `epochs`
-        recipe = tuple(key for key in recipe if key != "epochs")
-    if config:
-        lines.append("trained: " + ", ".join(f"{k} {config[k]}" for k in recipe if k in config))
-    if f"{prefix}mae" in metrics:
-        lines.append(
-            f"selected on val at epoch {state.get('epoch')} ({weights_kind} weights): "
-            f"age MAE {metrics[f'{prefix}mae']:.2f}, gender accuracy "
-            f"{100 * metrics[f'{prefix}gender_acc']:.1f}% (scores: MODEL_CARD.md)"
-        )
-    if is_released:
-        lines.append(f"terms: {released.TERMS}")
-    return "\n".join(lines)
+    return describe_model(source, data, state, sum(t.numel() for t in weights), dtypes)
 
 
 def _read_torch(path: Path, data: bytes) -> Any:

@@ -1,4 +1,4 @@
-"""ONNX export with a parity check, and the ONNX Runtime backend for `Predictor`.
+"""ONNX export with a parity check (ONNX Runtime against PyTorch), and safetensors export.
 
     utkface export --checkpoint runs/x/best.pt --format onnx [--out best.onnx]
     utkface export --checkpoint runs/x/best.pt --format safetensors [--half]  # pickle-free
@@ -14,10 +14,12 @@ The exported graph is the whole prediction after decoding, so a consumer needs n
   `(batch, 117)` (the age distribution; video tracking averages it); only those the
   model has, exactly as `models.decode_outputs` names them.
 - `metadata_props`: `utkface.preprocess` (size, mean, std), `utkface.labels`, `utkface.model`
-  (the checkpoint's model spec), `utkface.input`, `utkface.outputs`, `utkface.version`, ...
+  (the checkpoint's model spec), `utkface.checkpoint` (epoch, metrics, training config, number
+  of weight values), `utkface.input`, `utkface.outputs`, `utkface.version`, ...
 
-The file is written only after `onnx.checker` and the parity check pass, and atomically.
-ONNX support is the optional extra `utkface[onnx]` (onnx, onnxscript, onnxruntime).
+The file is written only after `onnx.checker` and the parity check pass, and atomically. The
+runtime runs it (`runtime.onnx_backend.OnnxBackend`, ONNX Runtime: a dependency of every
+install); exporting needs PyTorch, onnx and onnxscript, the extra `utkface[train]`.
 """
 
 from __future__ import annotations
@@ -33,21 +35,22 @@ import torch
 from torch import nn
 
 from utkface import __version__
-from utkface.models.checkpoint import CheckpointError, load_checkpoint, safetensors_bytes
+from utkface.models.checkpoint import load_checkpoint, safetensors_bytes
 from utkface.models.inference import predict_arrays
 from utkface.models.preprocess import Preprocess
 from utkface.models.registry import decode_outputs
 from utkface.runtime.atomic import atomic_write
-from utkface.runtime.errors import OptionError, UtkfaceError, require
+from utkface.runtime.backends import predict_batches
+from utkface.runtime.errors import TRAIN_HINT, OptionError, UtkfaceError, require
 from utkface.runtime.images import ImageError, load_rgb
+from utkface.runtime.model_io import OUTPUT_NAMES
 from utkface.runtime.names import IMAGE_SUFFIXES
+from utkface.runtime.onnx_backend import INPUT_NAME, META_PREFIX, OnnxBackend, decode_metadata
 from utkface.runtime.released import output_path
 
 # Opset 18 is the torch.export-based exporter's native opset (no version conversion) and runs on
 # every ONNX Runtime since 1.14, well below the `onnxruntime>=1.18` the extra asks for.
 DEFAULT_OPSET = 18
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("age", "age_low", "age_high", "gender_prob", "race_prob", "age_probs")
 # Max abs difference ONNX Runtime vs PyTorch allowed per output. Ages are in years; the interval
 # ends are whole-year percentiles, which may move by one year when a cumulative probability lies
 # within float rounding of 0.1 or 0.9, so they get one year.
@@ -71,8 +74,6 @@ HALF_TOLERANCE = {
     "age_probs": 0.02,
 }
 PARITY_IMAGES = 32  # real crops the parity check runs by default
-META_PREFIX = "utkface."
-INSTALL_HINT = "ONNX support is an optional extra: pip install 'utkface[onnx]'"
 
 
 class ParityError(UtkfaceError, AssertionError):
@@ -123,8 +124,8 @@ def export_onnx(
 
 def export_model(model: nn.Module, meta: dict, opset: int = DEFAULT_OPSET):
     """Trace `model` with its preprocessing and decoding into a checked `onnx.ModelProto`."""
-    onnx = require("onnx", INSTALL_HINT)
-    require("onnxscript", INSTALL_HINT)
+    onnx = require("onnx", TRAIN_HINT)
+    require("onnxscript", TRAIN_HINT)
     preprocess: Preprocess = meta["preprocess"]
     model = model.float().to("cpu", memory_format=torch.channels_last).eval()
     example = torch.zeros(2, preprocess.size, preprocess.size, 3, dtype=torch.uint8)
@@ -150,14 +151,15 @@ def export_model(model: nn.Module, meta: dict, opset: int = DEFAULT_OPSET):
         "Age and gender from a face crop. Input: uint8 (batch, S, S, 3) RGB, normalization "
         "inside. Outputs: decoded predictions; see metadata_props utkface.*."
     )
-    for key, value in _metadata(meta, outputs).items():
+    values = sum(tensor.numel() for tensor in model.state_dict().values())
+    for key, value in _metadata(meta, outputs, values).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_PREFIX + key, value
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def _metadata(meta: dict, outputs: Sequence[str]) -> dict[str, str]:
+def _metadata(meta: dict, outputs: Sequence[str], values: int) -> dict[str, str]:
     size = meta["preprocess"].size
     descriptions = {
         "age": "expected age in years, (batch,)",
@@ -181,28 +183,22 @@ def _metadata(meta: dict, outputs: Sequence[str]) -> dict[str, str]:
         "labels": json.dumps(meta.get("labels", {})),
         "model": json.dumps(meta.get("model", {})),
         "checkpoint": json.dumps(
-            {"epoch": meta.get("epoch"), "metrics": meta.get("metrics", {})}, default=str
+            {
+                "epoch": meta.get("epoch"),
+                "metrics": meta.get("metrics", {}),
+                "config": meta.get("config", {}),
+                "values": values,
+            },
+            default=str,
         ),
     }
 
 
 def read_metadata(model: str | os.PathLike | bytes) -> dict:
     """The `utkface.*` metadata of an exported model, JSON values decoded."""
-    onnx = require("onnx", INSTALL_HINT)
+    onnx = require("onnx", TRAIN_HINT)
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
-    return _decode_metadata({entry.key: entry.value for entry in proto.metadata_props})
-
-
-def _decode_metadata(props: dict[str, str]) -> dict:
-    meta = {}
-    for key, value in props.items():
-        if key.startswith(META_PREFIX):
-            key = key[len(META_PREFIX) :]
-            try:
-                meta[key] = json.loads(value) if value[:1] in "{[" else value
-            except json.JSONDecodeError:
-                meta[key] = value
-    return meta
+    return decode_metadata({entry.key: entry.value for entry in proto.metadata_props})
 
 
 def parity_images(
@@ -243,7 +239,7 @@ def check_parity(
     `ParityError` when any difference exceeds its tolerance (default `TOLERANCE`)."""
     backend = OnnxBackend(onnx_model)
     expected = predict_arrays(model, preprocess, images)
-    got_batch, got_single = backend(images), backend(images[:1])
+    got_batch, got_single = predict_batches(backend, images), backend(images[:1])
     return compare_outputs(
         expected, got_batch, {**TOLERANCE, **(tolerance or {})}, "ONNX Runtime", got_single
     )
@@ -320,68 +316,6 @@ def export_safetensors(
     if verbose:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out
-
-
-class OnnxBackend:
-    """Runs an exported model in ONNX Runtime: uint8 `(B, S, S, 3)` -> dict of numpy
-    predictions with the keys of `models.decode_outputs`, like the torch backend.
-
-    Session options are tuned for CPU latency: all graph optimizations, sequential execution,
-    `threads` intra-op threads (default: ONNX Runtime's choice, one per physical core) that
-    sleep rather than spin when idle.
-    One instance is safe to share between threads (`InferenceSession.run` is thread-safe).
-    """
-
-    def __init__(
-        self,
-        model: str | os.PathLike | bytes,
-        threads: int | None = None,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
-    ):
-        ort = require("onnxruntime", INSTALL_HINT)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        # Spinning idle threads cost 2x latency with 2 threads on a busy 2-core machine (6.9 vs
-        # 15 ms per 128 px image, measured), and a server shares the cores with decoding.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, options, providers=list(providers))
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.meta = _decode_metadata(props)
-        if "preprocess" not in self.meta:
-            raise CheckpointError(f"{self._name(model)}: not a utkface ONNX export (no metadata)")
-        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
-        self.outputs = [output.name for output in self.session.get_outputs()]
-        self._shapes = [(output.name, output.shape) for output in self.session.get_outputs()]
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike, **kwargs) -> OnnxBackend:
-        """Export a `.pt` checkpoint in memory (no file is written) and load it; an `.onnx` file
-        is loaded as it is."""
-        if Path(checkpoint).suffix.lower() == ".onnx":
-            return cls(checkpoint, **kwargs)
-        model, meta = load_checkpoint(checkpoint)
-        return cls(export_model(model, meta).SerializeToString(), **kwargs)
-
-    def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
-        if isinstance(images, torch.Tensor):
-            images = images.cpu().numpy()
-        size = self.preprocess.size
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise ValueError(
-                f"expected uint8 (B, {size}, {size}, 3) images, got {images.dtype} {images.shape}"
-            )
-        if len(images) == 0:  # e.g. a photo with no face: no call into the session
-            return {name: np.zeros((0, *shape[1:]), np.float32) for name, shape in self._shapes}
-        values = self.session.run(self.outputs, {INPUT_NAME: np.ascontiguousarray(images)})
-        return dict(zip(self.outputs, values))
-
-    @staticmethod
-    def _name(model) -> str:
-        return "model bytes" if isinstance(model, bytes) else str(model)
 
 
 def _is_image_name(name: str) -> bool:

@@ -6,7 +6,8 @@
   'valid' 3x3 convolutions, MaxPool(3, stride 2), Dropout 0.2, Dense 512).
 
 Forward passes return dicts of raw outputs (shapes in docs/ARCHITECTURE.md); `decode_outputs`
-turns them into ages, intervals and probabilities. Nothing here imports training code.
+turns them into ages, intervals and probabilities (the keys of `runtime.model_io.OUTPUT_NAMES`;
+ONNX exports trace it into their graph). Nothing here imports training code.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch
 import torchvision
 from torch import nn
 
-from utkface.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from utkface.models.preprocess import Preprocess
 from utkface.runtime.errors import OptionError, UtkfaceError
+from utkface.runtime.model_io import IMAGENET_MEAN, IMAGENET_STD, INTERVAL
 from utkface.runtime.names import NUM_AGES, RACES
 
 TASKS = ("age", "gender", "race")
@@ -35,7 +37,6 @@ BACKBONES = {
     "resnet50": "fc",
 }
 TASK_OUTPUTS = {"age": NUM_AGES, "gender": 1, "race": len(RACES)}
-INTERVAL = (0.1, 0.9)  # the age interval is the 10th..90th percentile of the age distribution
 
 
 class PretrainedWeightsError(UtkfaceError, RuntimeError):
@@ -148,7 +149,9 @@ def model_tasks(name: str, tasks: Sequence[str]) -> tuple[str, ...]:
 
 
 def decode_age(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, 117) age distributions -> expected age and the `INTERVAL` percentiles, each (B,)."""
+    """(B, 117) age distributions -> expected age and the `INTERVAL` percentiles, each (B,);
+    `runtime.model_io.decode_age` is the same in numpy, for predictions combined after the
+    model ran (tests check they agree)."""
     ages = torch.arange(probs.shape[1], device=probs.device, dtype=probs.dtype)
     low, high = (age_quantile(probs, q) for q in INTERVAL)
     return probs @ ages, low, high

@@ -3,10 +3,11 @@
 Every error a user can fix (a bad file, option or setting, a missing optional extra) derives
 from `UtkfaceError`, and its message names the file or option and the problem. The command line
 prints those as one line and exits with status 2; any other exception is a bug and keeps its
-traceback. The concrete types live beside the code that raises them (`CheckpointError` in
-`checkpoint.py`, `ImageError` in `images.py`, `SourceError` in `sources.py`, `ConfigError` in
-`config.py`, ...); each also derives from the builtin it used to be (ValueError, ImportError,
-...), so existing `except ValueError` code keeps working.
+traceback. The concrete types live beside the code that raises them (`ImageError` in
+`images.py`, `SourceError` in `sources.py`, `ConfigError` in `config.py`, ...), or here when
+several stages raise them (`CheckpointError` for model files of either format); each also
+derives from the builtin it used to be (ValueError, ImportError, ...), so existing
+`except ValueError` code keeps working.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ class OptionError(UtkfaceError, ValueError):
 
 class MissingExtra(UtkfaceError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class CheckpointError(UtkfaceError, ValueError):
+    """A model file (checkpoint or ONNX export) that is not usable, not safe or not the one
+    expected; the message names it."""
+
+
+# PyTorch and what only training needs are an extra: the runtime runs on ONNX Runtime.
+TRAIN_HINT = (
+    "PyTorch (training, export, checkpoints) is an optional extra: pip install 'utkface[train]'"
+)
 
 
 def require(module: str, hint: str, error: type[MissingExtra] = MissingExtra) -> ModuleType:

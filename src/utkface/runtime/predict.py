@@ -24,10 +24,11 @@ inputs are batched through the model.
 `gender` is `max(gender_prob, 1 - gender_prob)`. `age_low`/`age_high` are the 10th/90th
 percentiles of the predicted age distribution (None for a model that regresses one number).
 
-The model runs behind a backend: any callable `uint8 (B, S, S, 3) -> dict of numpy predictions`
-with the keys of `models.decode_outputs`, and with `.preprocess` (its `Preprocess`) and `.meta`.
-`BACKENDS` maps a name to a loader `(path, device) -> backend`: `torch` runs
-`inference.predict_arrays`; `onnx` runs `export.OnnxBackend` (extra `utkface[onnx]`).
+The model runs behind a backend (`backends.py`): any callable `uint8 (B, S, S, 3) -> dict of
+numpy predictions` (keys of `model_io.OUTPUT_NAMES`) with `.preprocess` (`.size`) and `.meta`.
+An ONNX export runs on ONNX Runtime (`onnx_backend.OnnxBackend`), in every install: the released
+model is one. A training checkpoint runs on PyTorch, or is exported in memory for `onnx`; both
+need the extra `utkface[train]`.
 """
 
 from __future__ import annotations
@@ -36,105 +37,21 @@ import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from utkface.models.checkpoint import load_checkpoint
-from utkface.models.inference import predict_arrays
 from utkface.runtime import faces as face_finder
 from utkface.runtime import released
+from utkface.runtime.backends import default_backend, load_backend
 from utkface.runtime.errors import OptionError
 from utkface.runtime.images import ImageError, ImageSource, open_rgb, square_resize
-from utkface.runtime.names import GENDERS, RACES
+from utkface.runtime.results import FaceResult, Prediction, fill_face
 
 FACE_MODES = ("auto", "detect", "aligned")
-
-
-@dataclass
-class FaceResult:
-    box: tuple[float, float, float, float]  # left, top, right, bottom in the EXIF-rotated image
-    age: float | None = None  # expected age in years
-    age_low: float | None = None  # 10th percentile of the age distribution
-    age_high: float | None = None  # 90th percentile
-    gender: str | None = None  # "male" or "female"
-    gender_prob: float | None = None  # P(female); confidence in `gender` is max(p, 1 - p)
-    race: str | None = None  # most probable of names.RACES (models with a race head)
-    race_prob: float | None = None  # probability of `race`
-    score: float | None = None  # detector score (> 0 is a face); None for an aligned input
-
-    def text(self) -> str:
-        """`34 (25-45) female 91% White`, as the command line and annotated images show it."""
-        return estimate_text(
-            self.age, self.age_low, self.age_high, self.gender, self.gender_prob, self.race
-        )
-
-
-def estimate_text(
-    age: float | None,
-    age_low: float | None,
-    age_high: float | None,
-    gender: str | None,
-    gender_prob: float | None,
-    race: str | None = None,
-) -> str:
-    """An estimate in words, `34 (25-45) female 91% White`, leaving out what is None."""
-    parts = []
-    if age is not None:
-        parts.append(f"{age:.0f}")
-        if age_low is not None:
-            parts.append(f"({age_low:.0f}-{age_high:.0f})")
-    if gender_prob is not None:
-        parts.append(f"{gender} {max(gender_prob, 1 - gender_prob):.0%}")
-    if race is not None:
-        parts.append(race)
-    return " ".join(parts)
-
-
-@dataclass
-class Prediction:
-    source: str  # the path, or "<input N>" for an in-memory image
-    faces: list[FaceResult] = field(default_factory=list)
-    error: str | None = None  # why the input could not be used; None when it was
-    mode: str | None = None  # "aligned" (the input was the crop) or "detect"
-    width: int | None = None
-    height: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class TorchBackend:
-    """The checkpoint's model through `inference.predict_arrays`."""
-
-    def __init__(self, model, meta: dict):
-        self.model, self.meta, self.preprocess = model, meta, meta["preprocess"]
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> TorchBackend:
-        return cls(*load_checkpoint(path, device=device))
-
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return predict_arrays(self.model, self.preprocess, images, batch_size=max(1, len(images)))
-
-
-def _onnx_backend(path: str | os.PathLike, device: str = "cpu"):
-    from utkface.models.export import OnnxBackend  # ONNX Runtime only when asked for
-
-    return OnnxBackend.from_checkpoint(path)
-
-
-BACKENDS: dict[str, Callable] = {"torch": TorchBackend.from_checkpoint, "onnx": _onnx_backend}
-
-
-def backend_loader(name: str) -> Callable:
-    """The loader `(path, device) -> backend` of `BACKENDS[name]`; `OptionError` for another."""
-    if name not in BACKENDS:
-        raise OptionError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[name]
 
 
 @dataclass
@@ -169,15 +86,26 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str = "cpu", backend: str = "torch", **kwargs
+        cls,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        backend: str | None = None,
+        threads: int | None = None,
+        **kwargs,
     ) -> Predictor:
-        return cls(backend_loader(backend)(path, device=device), backend_name=backend, **kwargs)
+        """The model in `path`, run by `backend` (default: onnx for an `.onnx` export, torch
+        for a training checkpoint; see `backends.load_backend`); `kwargs` are `Predictor`'s."""
+        backend = backend or default_backend(path)
+        loaded = load_backend(path, backend, device=device, threads=threads)
+        return cls(loaded, backend_name=backend, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, device: str = "cpu", backend: str = "torch", **kwargs) -> Predictor:
+    def from_pretrained(cls, device: str = "cpu", backend: str = "onnx", **kwargs) -> Predictor:
         """The released model shipped in the package (`released.py`, MODEL_CARD.md), its
-        SHA-256 checked when loaded; the options are `from_checkpoint`'s."""
-        return cls.from_checkpoint(released.path(), device=device, backend=backend, **kwargs)
+        SHA-256 checked when loaded: the ONNX export on ONNX Runtime, or with `backend="torch"`
+        its PyTorch weights (extra `utkface[train]`); the options are `from_checkpoint`'s."""
+        path = released.path(backend)
+        return cls.from_checkpoint(path, device=device, backend=backend, **kwargs)
 
     def predict(self, images, faces: str | None = None) -> Prediction | list[Prediction]:
         """One input (path, bytes, PIL image, `(H, W[, C])` array) -> one `Prediction`; a list,
@@ -278,20 +206,6 @@ def prepare_input(src: ImageSource, mode: str, size: int, source: str) -> Prepar
     prediction.mode = "detect"
     prediction.faces = [FaceResult(box=face.box, score=face.score) for face in found]
     return Prepared(prediction, np.stack(crops) if crops else empty)
-
-
-def fill_face(face: FaceResult, values: dict[str, np.ndarray]) -> None:
-    """Copy one row of backend outputs (keys of `models.decode_outputs`) into `face`."""
-    if "age" in values:
-        face.age = float(values["age"])
-    if "age_low" in values:
-        face.age_low, face.age_high = float(values["age_low"]), float(values["age_high"])
-    if "gender_prob" in values:
-        face.gender_prob = float(values["gender_prob"])
-        face.gender = GENDERS[int(face.gender_prob >= 0.5)]
-    if "race_prob" in values:
-        probs = values["race_prob"]  # (5,)
-        face.race, face.race_prob = RACES[int(probs.argmax())], float(probs.max())
 
 
 def _ignore_sigint() -> None:

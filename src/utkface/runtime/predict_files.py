@@ -25,9 +25,10 @@ from tqdm import tqdm
 from utkface.runtime.atomic import atomic_open
 from utkface.runtime.errors import OptionError
 from utkface.runtime.images import open_rgb
-from utkface.runtime.predict import Prediction, Predictor
+from utkface.runtime.predict import Predictor
 from utkface.runtime.predict_inputs import Item, count_inputs, iter_inputs
 from utkface.runtime.predict_output import FILE_SUFFIXES, PartWriter, join_parts
+from utkface.runtime.results import Prediction
 
 
 @dataclass

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from utkface.runtime.atomic import atomic_open
 from utkface.runtime.errors import OptionError, require
-from utkface.runtime.predict import Prediction
 from utkface.runtime.predict_inputs import PARQUET_HINT
+from utkface.runtime.results import Prediction
 
 FORMATS = ("jsonl", "csv", "parquet")
 FILE_SUFFIXES = (".jsonl", ".csv")  # single-file --out

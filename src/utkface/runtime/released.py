@@ -1,38 +1,69 @@
-"""The released model: weights shipped inside the package, used whenever no checkpoint is given.
+"""The released model: files shipped inside the package, used whenever no checkpoint is given.
 
     Predictor.from_pretrained()            # the Python API
-    utkface predict photo.jpg              # predict, serve, evaluate and export: no --checkpoint
+    utkface predict photo.jpg              # predict, serve, evaluate, info: no --checkpoint
 
-The file is `weights/<NAME>.safetensors` (pickle-free weights plus JSON metadata, see
-`checkpoint.py`); `checkpoint.read_checkpoint` checks its SHA-256 against `SHA256` every time it
-is loaded, so a damaged or replaced file is refused, not used. How it was trained and how it
-scores is MODEL_CARD.md; its recipe is configs/release.toml. The weights were trained on
-UTKFace, which is for non-commercial research only, and carry that restriction (the code's
-MIT licence does not cover them).
+Two files of the same model, one per backend (`path(backend)`):
+- `weights/<NAME>.onnx`: the ONNX export (`utkface export --format onnx`, preprocessing and
+  decoding inside the graph, metadata in the file), run by ONNX Runtime in every install. The
+  default of every command and of `Predictor.from_pretrained`.
+- `weights/<NAME>.safetensors`: the PyTorch weights it was exported from (pickle-free, see
+  `models/checkpoint.py`), for `--backend torch`, `utkface export` and fine-tuning; they need
+  the extra `utkface[train]`.
+
+Each file's SHA-256 is checked against `SHA256` every time it is loaded (`verify_sha256`, by
+`onnx_backend.OnnxBackend` and `checkpoint.read_checkpoint`), so a damaged or replaced file is
+refused, not used. How the model was trained and how it scores is MODEL_CARD.md (with the
+ONNX export's parity against the PyTorch weights); its recipe is configs/release.toml. The
+weights were trained on UTKFace, which is for non-commercial research only, and carry that
+restriction (the code's MIT licence does not cover them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from importlib.resources import files
 from pathlib import Path
 
+from utkface.runtime.errors import CheckpointError, OptionError
+
 NAME = "utkface-mnv2-112-2026.11"  # model family, input side, release
-SHA256 = "9d415afb73fe651d78b601784e3fac73346c5032dfa289a82697f949fee0379d"
+FILES = {"onnx": f"{NAME}.onnx", "torch": f"{NAME}.safetensors"}  # backend -> file
+SHA256 = {
+    "onnx": "de2a49e25bc6b401f94f3f206c800efc061379f30a550b618fda2f3d60304f84",
+    "torch": "9d415afb73fe651d78b601784e3fac73346c5032dfa289a82697f949fee0379d",
+}
 TERMS = "weights trained on UTKFace: non-commercial research use only (see MODEL_CARD.md)"
 
 
-def path() -> Path:
-    """Where the released weights are in this installation."""
-    return Path(str(files("utkface.runtime").joinpath("weights", f"{NAME}.safetensors")))
+def path(backend: str = "onnx") -> Path:
+    """Where the released file for `backend` ("onnx" or "torch") is in this installation."""
+    if backend not in FILES:
+        raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(FILES)}")
+    return Path(str(files("utkface.runtime").joinpath("weights", FILES[backend])))
 
 
 def expected_sha256(source: str | os.PathLike) -> str | None:
-    """`SHA256` when `source` is the released file (however it is spelt), else None."""
+    """The digest `source` must have when it is a released file (however it is spelt), else
+    None."""
     try:
-        return SHA256 if Path(source).resolve() == path().resolve() else None
+        resolved = Path(source).resolve()
+        return next((SHA256[b] for b in FILES if resolved == path(b).resolve()), None)
     except OSError:
         return None
+
+
+def verify_sha256(name: str | os.PathLike, data: bytes, sha256: str | None) -> None:
+    """`CheckpointError` naming `name` unless `data` has the digest `sha256` (None: no check)."""
+    if sha256 is None:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256.lower():
+        raise CheckpointError(
+            f"{name}: SHA-256 {actual} does not match the expected {sha256.lower()}; "
+            "the file is damaged or not the one expected, so it was not loaded"
+        )
 
 
 def output_path(checkpoint: str | os.PathLike, name: str) -> Path:
@@ -44,4 +75,4 @@ def output_path(checkpoint: str | os.PathLike, name: str) -> Path:
 
 def describe() -> str:
     """One line naming the released model, for `utkface --version`."""
-    return f"model {NAME} (sha256 {SHA256[:12]}, {TERMS})"
+    return f"model {NAME} (sha256 {SHA256['onnx'][:12]}, {TERMS})"

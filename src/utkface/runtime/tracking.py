@@ -16,8 +16,8 @@ Smoothing, per track and reset with it: a running average of the age distributio
 observation `dt` seconds after the previous one: a plain mean of the first observations, then
 an exponential average with time constant `tau_s`, so the result does not depend on the frame
 rate (a 30 fps video and a camera page sending 3 frames/s smooth over the same time). The
-smoothed age, interval and gender are decoded from the averaged distribution exactly as
-`models.decode_outputs` decodes one (a model without a distribution averages its ages instead).
+smoothed age, interval and gender are decoded from the averaged distribution exactly as a
+model's own is (`model_io.decode_age`; a model without a distribution averages its ages instead).
 
 `SessionStore` holds one tracker per camera session of the web page, bounded in number and
 idle time.
@@ -33,13 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from utkface.models.registry import decode_age
 from utkface.runtime.errors import OptionError
 from utkface.runtime.faces import Box, box_iou
-
-GENDER_LOGIT_LIMIT = 20.0  # P(female) 0 or 1 from a backend would give an infinite logit
+from utkface.runtime.model_io import decode_age, gender_logit
 
 
 @dataclass
@@ -124,7 +121,7 @@ class Tracker:
         return [(t.id, t.box_at(time)) for t in self.tracks.values() if t.missed_since is None]
 
     def observe(self, track_id: int, time: float, box: Box, row: dict) -> Estimate:
-        """Add one frame's outputs for a track (keys of `models.decode_outputs`, one face's
+        """Add one frame's outputs for a track (keys of `model_io.OUTPUT_NAMES`, one face's
         values) to its running average; returns the smoothed estimate."""
         track = self.tracks[track_id]
         track.observations += 1
@@ -163,17 +160,15 @@ def _averaged(row: dict) -> dict[str, np.ndarray]:
     else:
         values.update({k: np.float64(row[k]) for k in ("age", "age_low", "age_high") if k in row})
     if "gender_prob" in row:
-        p = float(row["gender_prob"])
-        logit = math.log(max(p, 1e-12)) - math.log(max(1 - p, 1e-12))
-        values["gender_logit"] = np.float64(np.clip(logit, -GENDER_LOGIT_LIMIT, GENDER_LOGIT_LIMIT))
+        values["gender_logit"] = gender_logit(row["gender_prob"])
     return values
 
 
 def _estimate(average: dict[str, np.ndarray], observations: int) -> Estimate:
     estimate = Estimate(observations=observations)
     if "age_probs" in average:
-        probs = torch.from_numpy(average["age_probs"][None])  # (1, 117)
-        estimate.age, estimate.age_low, estimate.age_high = map(float, decode_age(probs))
+        decoded = decode_age(average["age_probs"][None])  # of a (1, 117) distribution
+        estimate.age, estimate.age_low, estimate.age_high = (float(value[0]) for value in decoded)
     for key in ("age", "age_low", "age_high"):
         if key in average:
             setattr(estimate, key, float(average[key]))

@@ -31,7 +31,7 @@ from PIL import Image
 
 from utkface.runtime import faces as face_finder
 from utkface.runtime.errors import OptionError
-from utkface.runtime.predict import FaceResult, fill_face
+from utkface.runtime.results import FaceResult, fill_face
 from utkface.runtime.tracking import Estimate, Tracker
 
 DEFAULT_FPS = 25.0  # time base for frames given as arrays without times
