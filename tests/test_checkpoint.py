@@ -181,3 +181,34 @@ def test_export_cli_writes_safetensors_and_rejects_mixed_options(checkpoint, tmp
     assert load_checkpoint(out)[1]["model"]["tasks"] == ["age", "gender"]
     assert main(["export", "--checkpoint", str(checkpoint), "--half"]) == 2
     assert "--half applies to --format safetensors only" in capsys.readouterr().err
+
+
+def test_init_weights_copies_the_network_and_keeps_new_heads(checkpoint):
+    """A fine-tune's start: the checkpoint's backbone and heads are copied; a head the
+    checkpoint lacks (race) keeps its fresh initialisation; another network is refused."""
+    from utkface.models.checkpoint import init_weights
+    from utkface.models.registry import build_model
+
+    source, _ = load_checkpoint(checkpoint)
+    torch.manual_seed(1)
+    model = build_model("mobilenet_v2", ("age", "gender", "race"), pretrained=False)
+    fresh_race = model.heads["race"].weight.detach().clone()
+    copied = init_weights(model, "mobilenet_v2", ("age", "gender", "race"), checkpoint)
+    assert copied == len(source.state_dict())
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert torch.equal(model.heads["race"].weight, fresh_race)
+    with pytest.raises(CheckpointError, match="holds a 'mobilenet_v2' network"):
+        init_weights(build_model("seed_age", ("age",)), "seed_age", ("age",), checkpoint)
+
+
+def test_init_released_starts_from_the_shipped_weights():
+    from utkface.models.checkpoint import init_weights
+    from utkface.models.registry import build_model
+    from utkface.runtime import released
+
+    model = build_model("mobilenet_v2", ("age", "gender", "race"), pretrained=False)
+    init_weights(model, "mobilenet_v2", ("age", "gender", "race"), "released")
+    shipped = read_checkpoint(released.path("torch"))["state_dict"]
+    key = "heads.age.weight"
+    assert torch.equal(model.state_dict()[key], shipped[key].float())

@@ -255,6 +255,11 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, dest="batch_size")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's weights (same --model), or 'released' (fine-tune)",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument(
         "--balance-alpha",
@@ -297,6 +302,7 @@ def add_train_parser(subparsers) -> None:
                 "batch_size",
                 "lr",
                 "pretrained",
+                "init",
                 "seed",
                 "balance_alpha",
                 "device",

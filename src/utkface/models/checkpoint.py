@@ -174,6 +174,33 @@ def load_checkpoint(
     return model, meta
 
 
+def init_weights(model: nn.Module, name: str, tasks, source: str | os.PathLike) -> int:
+    """Copy the weights of the checkpoint `source` ("released": the model shipped in the
+    package) into `model`, a fresh `name` network with heads `tasks`: a fine-tune's start.
+    The checkpoint must hold the same network; heads it lacks keep their initialisation.
+    Returns how many tensors were copied."""
+    path = released.path("torch") if str(source) == "released" else Path(source)
+    state = read_checkpoint(path)
+    spec = state.get("model") or {}
+    if spec.get("name") != name:
+        raise CheckpointError(
+            f"{path}: holds a {spec.get('name')!r} network; this run trains {name!r} "
+            "(choose the same --model, or another --init)"
+        )
+    weights = state["state_dict"]
+    missing = [key for key in model.state_dict() if key not in weights]
+    unknown = [key for key in missing if not key.startswith("heads.")]
+    if unknown:
+        raise CheckpointError(f"{path}: lacks weights of this network ({', '.join(unknown[:3])})")
+    extra = [key for key in weights if key not in model.state_dict()]
+    kept = {key: value for key, value in weights.items() if key not in extra}
+    try:
+        model.load_state_dict(kept, strict=False)
+    except RuntimeError as error:  # a shape differs: another width or head size
+        raise CheckpointError(f"{path}: does not fit this network ({error})") from error
+    return len(kept)
+
+
 def describe_checkpoint(source: str | os.PathLike) -> str:
     """What `utkface info` prints for a checkpoint (`model_info.describe_model`)."""
     path, data = _path_and_bytes(source)

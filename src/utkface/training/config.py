@@ -33,6 +33,9 @@ class TrainConfig:
     )
     tasks: tuple[str, ...] = ("age", "gender", "race")  # heads of the multi-task model
     pretrained: bool = True  # start from ImageNet weights (torchvision's weights API)
+    # start from a checkpoint's weights instead (a .pt/.safetensors path, or "released": the
+    # model shipped in the package), the same network; the schedule starts afresh
+    init: str | None = None
     size: int = 112  # input side in pixels (tuned on val: 96-128 score alike per CPU minute)
     epochs: int = 14  # full passes over train (ignored when time_budget is set)
     time_budget: float | None = None  # minutes for the whole run; sets the schedule's length

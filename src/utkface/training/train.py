@@ -32,7 +32,7 @@ from tqdm import tqdm
 from utkface.data.dataset import Dataset
 from utkface.data.multisource import prepare_sources
 from utkface.evaluation import fairness
-from utkface.models.checkpoint import model_spec
+from utkface.models.checkpoint import init_weights, model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
 from utkface.runtime.atomic import atomic_write
 from utkface.training import balance, seed_pair
@@ -198,8 +198,12 @@ class Trainer:
         """The model, optimizer, checkpoint saver and run state, fresh or from `last.pt`."""
         config = self.config
         _seed_everything(config.seed)  # the initial weights: the same on every rank
-        pretrained = config.pretrained and not resume
+        pretrained = config.pretrained and not resume and not config.init
         model = build_model(config.model, config.tasks, pretrained, **self.spec["kwargs"])
+        if config.init and not resume:
+            copied = init_weights(model, config.model, config.tasks, config.init)
+            if self.cluster.main:
+                print(f"starting from {config.init}: {copied} tensors")
         model = model.to(self.device).to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, config)
         self.average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
