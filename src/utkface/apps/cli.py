@@ -267,7 +267,11 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument(
         "--precision", help="fp32 (default) or bf16 (autocast the forward pass, for GPUs)"
     )
-    parser.add_argument("--threads", type=int, help="CPU threads (0 = all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (0 = the cores other processes leave free, looked at every 2 s)",
+    )
     parser.add_argument(
         "--subset", type=float, default=1.0, help="use this share of each split (quick runs)"
     )
