@@ -12,12 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,9 @@ from utkface.evaluation import metrics
 from utkface.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from utkface.models.inference import predict_arrays
 from utkface.training import train as train_module
+from utkface.training.budget import MEASURED_STEPS, StepClock, TimeBudget
 from utkface.training.config import resolve_config
+from utkface.training.distributed import Cluster
 from utkface.training.sampling import subset_indices
 from utkface.training.trace import STOP_ENV, TRACE_ENV, parameters_digest
 from utkface.training.train import Trainer, load_run_config, train
@@ -272,26 +272,53 @@ def test_time_budget_computes_a_finite_schedule(real_dataset, tmp_path, capsys):
     assert "time budget 0.05 min at" in capsys.readouterr().out
 
 
-def test_time_budget_leaves_the_first_steps_out_of_the_speed(real_dataset, tmp_path, capsys):
-    # A process's first steps load kernels and choose algorithms (25 s on a GPU). Here the first
-    # step takes 3 s more. Had it been timed, the speed the schedule is fitted to would be at
-    # most 4 steps x 16 images / 3 s = 21 img/s (the first epoch has 4 steps).
-    def slow_first_step(step):
-        if step == 1:
-            time.sleep(3)
+class FakeClock:
+    """A clock that stands still until a test moves it."""
 
-    config = small_config(time_budget=0.1, epochs=1000)
-    train(
-        config,
-        real_dataset,
-        tmp_path / "warm",
-        subset=SUBSET,
-        progress=False,
-        report_test=False,
-        on_step=slow_first_step,
-    )
-    rate = re.search(r"time budget 0.1 min at (\d+) img/s", capsys.readouterr().out)
-    assert rate and int(rate.group(1)) > 3 * 21
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_budget_leaves_the_first_steps_out_of_the_speed(capsys):
+    # A process's first steps load kernels and choose algorithms (25 s on a GPU). Here each of
+    # the first two takes 30 s, the twelve after them 0.5 s each (16 images: 32 img/s).
+    clock = FakeClock()
+    steps = StepClock(clock=clock)
+    for seconds in [30, 30] + [0.5] * MEASURED_STEPS:
+        clock.now += seconds
+        steps.tick(16)
+    assert (steps.steps, steps.images, steps.seconds, steps.rate) == (12, 192, 6.0, 32.0)
+    # A 10-minute budget, 96 val and 96 test images (1 s each at a third of a step's cost per
+    # image), 100 steps an epoch: 582 s planned - 66 s spent - 11 s of test = 505 s left, at
+    # 0.5 s a step + 1 s of validation / 100 steps = 0.51 s: 990 steps more after the 14 done.
+    config = small_config(time_budget=10, batch_size=16)
+    splits = {"train": range(1600), "val": range(96), "test": range(96)}
+    budget = TimeBudget(config, 0.0, splits, 1, 100, Cluster(torch.device("cpu")), clock=clock)
+    assert budget.first_fit(14, steps, epoch_done=False) == 14 + 990
+    assert "time budget 10 min at 32 img/s: 1004 steps" in capsys.readouterr().out
+    # Timed from the start, the same steps would have planned for 4.7 s a step: 117 steps.
+
+
+def test_threads_follow_the_free_cores_unless_given(real_dataset, tmp_path, monkeypatch):
+    looks = []
+
+    class Recorder:  # CoreShare's interface, counting the looks
+        def __init__(self, set_threads, most):
+            looks.append(most)
+
+        def check(self):
+            looks.append("check")
+
+    monkeypatch.setattr(train_module, "CoreShare", Recorder)
+    run = dict(subset=SUBSET, progress=False, report_test=False)
+    train(small_config(threads=0, epochs=1), real_dataset, tmp_path / "auto", **run)
+    assert looks == [torch.get_num_threads()] + ["check"] * STEPS_PER_EPOCH
+    looks.clear()
+    train(small_config(threads=1, epochs=1), real_dataset, tmp_path / "given", **run)
+    assert looks == []  # --threads is the user's: kept as given
 
 
 @pytest.mark.parametrize(

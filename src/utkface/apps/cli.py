@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from utkface.runtime.cpu_threads import passive_openmp
 from utkface.runtime.errors import TRAIN_HINT, OptionError, UtkfaceError, require
 from utkface.runtime.sources import Limits
 
@@ -271,7 +272,11 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument(
         "--precision", help="fp32 (default) or bf16 (autocast the forward pass, for GPUs)"
     )
-    parser.add_argument("--threads", type=int, help="CPU threads (0 = all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (0 = the cores other processes leave free, looked at every 2 s)",
+    )
     parser.add_argument(
         "--subset", type=float, default=1.0, help="use this share of each split (quick runs)"
     )
@@ -621,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. A `UtkfaceError` (bad file, option or setting, missing extra: something
     the user can fix) is one line and exit status 2; anything else is a bug and keeps its
     traceback, as do user errors with `--debug`."""
+    # Before torch (and its OpenMP) is imported by any command: idle threads sleep rather than
+    # spin, so a busy neighbour costs a fair share, not 8x (issue 22; the user's OMP_* kept).
+    passive_openmp()
     args = build_parser().parse_args(argv)
     if getattr(args, "checkpoint", "") is None:  # a command that uses a model, none given
         from utkface.runtime import released

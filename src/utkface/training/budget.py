@@ -3,12 +3,14 @@
 The speed is measured over the first steps (12, or fewer in short epochs), the schedule's length
 is set from it, and it is refitted after every epoch to the speed seen so far (the machine may
 be busier or freer than at the start); the cosine learning rate follows the new length. A
-process's first steps are never timed (`StepClock`).
+process's first steps are never timed (`StepClock`). Both take the clock they read (tests give
+them one that advances by set amounts).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from utkface.training.config import TrainConfig
 from utkface.training.distributed import Cluster
@@ -24,13 +26,13 @@ class StepClock:
     load kernels and choose algorithms (about 25 s on a GPU, against milliseconds a step after),
     and a budget fitted to them would plan a schedule a hundred times too short."""
 
-    def __init__(self, warmup: int = WARMUP_STEPS):
-        self.untimed = warmup
+    def __init__(self, warmup: int = WARMUP_STEPS, clock: Callable[[], float] = time.monotonic):
+        self.untimed, self.clock = warmup, clock
         self.restart()
 
     def restart(self) -> None:
         """Time a new epoch from now."""
-        self.started, self.steps, self.images = time.time(), 0, 0
+        self.started, self.steps, self.images = self.clock(), 0, 0
 
     def tick(self, images: int) -> None:
         """A step of `images` images (of all ranks) is done."""
@@ -43,7 +45,7 @@ class StepClock:
 
     @property
     def seconds(self) -> float:
-        return time.time() - self.started
+        return self.clock() - self.started
 
     @property
     def rate(self) -> float:
@@ -60,12 +62,14 @@ class TimeBudget:
         validations: int,
         steps_per_epoch: int,
         cluster: Cluster,
+        clock: Callable[[], float] = time.time,
     ):
-        """`started`: when the run started (time.time()); `splits`: the indices of each split;
+        """`started`: when the run started (on `clock`); `splits`: the indices of each split;
         `validations`: val passes per epoch (the weights, and their average)."""
         self.minutes, self.started, self.batch_size = config.time_budget, started, config.batch_size
         self.val_size, self.test_size = len(splits["val"]), len(splits["test"])
         self.validations, self.steps_per_epoch, self.cluster = validations, steps_per_epoch, cluster
+        self.clock = clock
 
     def first_fit(self, step: int, clock: StepClock, epoch_done: bool) -> int | None:
         """Total steps once `clock` has timed `MEASURED_STEPS` steps, or all of a shorter first
@@ -82,7 +86,7 @@ class TimeBudget:
         validation and checkpoints an epoch, keeping room for one test pass. Every rank gets
         rank 0's answer, so all stop at the same step."""
         test_cost = per_step / self.batch_size / 3 * self.test_size + TEST_ALLOWANCE_S
-        remaining = self.minutes * 60 * SAFETY - (time.time() - self.started) - test_cost
+        remaining = self.minutes * 60 * SAFETY - (self.clock() - self.started) - test_cost
         per_step_all_in = per_step + per_epoch / self.steps_per_epoch
         total = self.cluster.broadcast_int(step + max(0, int(remaining / per_step_all_in)))
         if self.cluster.main and announce:

@@ -59,7 +59,7 @@ class TrainConfig:
     seed: int = 0  # data split, initialisation, shuffling and augmentation
     device: str = "auto"  # auto = cuda if available, else mps, else cpu
     precision: str = "fp32"  # training forward pass: fp32, or bf16 autocast (for GPUs)
-    threads: int = 0  # CPU threads for torch; 0 = all cores
+    threads: int = 0  # CPU threads for torch; 0 = the cores other processes leave free
     eval_batch_size: int = 256
 
     def __post_init__(self):

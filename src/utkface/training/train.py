@@ -35,6 +35,7 @@ from utkface.evaluation import fairness
 from utkface.models.checkpoint import init_weights, model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
 from utkface.runtime.atomic import atomic_write
+from utkface.runtime.cpu_threads import CoreShare
 from utkface.training import balance, seed_pair
 from utkface.training.augment import Augment
 from utkface.training.budget import StepClock, TimeBudget
@@ -150,6 +151,11 @@ class Trainer:
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
         self.clock = StepClock()
+        # On a CPU, torch's threads follow the cores other processes leave free (issue 22),
+        # unless the user chose them (--threads).
+        self.cores = None
+        if not config.threads and self.device.type == "cpu":
+            self.cores = CoreShare(torch.set_num_threads, most=torch.get_num_threads())
         dtype = autocast_dtype(config.precision)  # None: float32
         self.autocast = partial(torch.autocast, self.device.type, dtype) if dtype else nullcontext
 
@@ -273,6 +279,8 @@ class Trainer:
                 state["step"] += 1
                 state["step_in_epoch"] += 1
                 clock.tick(len(rows) * cluster.world)
+                if self.cores is not None:
+                    self.cores.check()  # a look at /proc/stat every 2 s
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{clock.rate:.0f}")
                 bar.update()
                 if budget is not None and state["total_steps"] is None:
