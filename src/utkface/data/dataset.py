@@ -35,10 +35,20 @@ from tqdm import tqdm
 
 from utkface.runtime import images as image_io
 from utkface.runtime.errors import OptionError, UtkfaceError
-from utkface.runtime.names import GENDERS, Label, LabelError, age_band, parse_name
+from utkface.runtime.names import (
+    GENDERS,
+    UNKNOWN_AGE,
+    Label,
+    LabelError,
+    age_band,
+    band_ages,
+    fill_exact_interval,
+    parse_name,
+)
 from utkface.runtime.sources import Limits, fingerprint, iter_members
 
 SPLITS = ("train", "val", "test")
+LABEL_KEYS = ("age", "gender", "race", "age_min", "age_max")
 CACHE_VERSION = 2  # bump when the cached pixels or manifest would change (2: no JPEG draft)
 # <checkout>/src/utkface/data.py -> <checkout>/../shared/UTKFace.tar.gz
 DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "UTKFace.tar.gz"
@@ -47,11 +57,21 @@ DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "UTKFace.tar.gz"
 @dataclass(frozen=True)
 class Record:
     file: str  # path inside the source
-    age: int
+    age: int  # UNKNOWN_AGE (-1) for an interval label (an age bin)
     gender: int
     race: int  # -1 when unknown
     split: str = ""
     source: str = ""  # which source of several (`multisource`); "" for a single one
+    age_min: int = UNKNOWN_AGE  # the age interval, both ends inclusive; = age when exact
+    age_max: int = UNKNOWN_AGE
+    extra: tuple[tuple[str, str], ...] = ()  # other labels CSV columns (e.g. race7), reporting
+
+    def __post_init__(self):
+        fill_exact_interval(self)
+
+    @property
+    def band(self) -> str:
+        return age_band(int(band_ages(self.age_min, self.age_max)))
 
 
 @dataclass(frozen=True)
@@ -73,11 +93,19 @@ class Scan:
         return len(self.records) + len(self.skipped)
 
     def labels(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """(N,) int64 arrays `age` (-1 for an interval), `gender`, `race`, `age_min`, `age_max`."""
         chosen = self.records if indices is None else [self.records[i] for i in indices]
         return {
             key: np.array([getattr(record, key) for record in chosen], dtype=np.int64)
-            for key in ("age", "gender", "race")
+            for key in LABEL_KEYS
         }
+
+    def extras(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The extra label columns (`Record.extra`) as (N,) object arrays, "" where missing."""
+        chosen = self.records if indices is None else [self.records[i] for i in indices]
+        names = extra_names(chosen)
+        values = [dict(record.extra) for record in chosen]
+        return {name: np.array([v.get(name, "") for v in values], dtype=object) for name in names}
 
 
 @dataclass
@@ -99,7 +127,7 @@ class Dataset(Scan):
         for split in SPLITS:
             chosen = [r for r in self.records if r.split == split]
             genders = Counter(GENDERS[r.gender] for r in chosen)
-            bands = Counter(age_band(r.age) for r in chosen)
+            bands = Counter(r.band for r in chosen)
             lines.append(
                 f"  {split:5s} {len(chosen):6d}  "
                 + " ".join(f"{g}={genders[g]}" for g in GENDERS)
@@ -166,7 +194,17 @@ def scan(
         except LabelError as error:
             skipped.append(Skipped(member.name, str(error) if label else f"bad name: {error}"))
             continue
-        records.append(Record(member.name, found.age, found.gender, found.race))
+        records.append(
+            Record(
+                member.name,
+                found.age,
+                found.gender,
+                found.race,
+                age_min=found.age_min,
+                age_max=found.age_max,
+                extra=found.extra,
+            )
+        )
         payloads.append(member.data)
     shape = (len(payloads), size, size, 3)
     target = allocate(len(payloads)) if allocate else np.empty(shape, dtype=np.uint8)
@@ -244,10 +282,15 @@ def _build_cache(
         else:
             (building / "pixels.npy").rename(building / "images.npy")
         split = [split_of(r.file, settings["seed"], settings["fractions"]) for r in result.records]
+        extras = extra_names(result.records)
         _write_csv(
             building / "manifest.csv",
-            ("file", "age", "gender", "race", "split"),
-            [(r.file, r.age, r.gender, r.race, s) for r, s in zip(result.records, split)],
+            ("file", "age", "gender", "race", "split", "age_min", "age_max", *extras),
+            [
+                (r.file, r.age, r.gender, r.race, s, r.age_min, r.age_max)
+                + tuple(dict(r.extra).get(name, "") for name in extras)
+                for r, s in zip(result.records, split)
+            ],
         )
         _write_csv(
             building / "skipped.csv",
@@ -281,10 +324,7 @@ def build_cache(cache_dir: Path, fill: Callable[[Path], dict]) -> None:
 def _open_cache(cache_dir: Path) -> Dataset:
     images = np.load(cache_dir / "images.npy", mmap_mode="r")
     with open(cache_dir / "manifest.csv", newline="") as file:
-        records = [
-            Record(row["file"], int(row["age"]), int(row["gender"]), int(row["race"]), row["split"])
-            for row in csv.DictReader(file)
-        ]
+        records = [_manifest_record(row) for row in csv.DictReader(file)]
     with open(cache_dir / "skipped.csv", newline="") as file:
         skipped = [Skipped(row["file"], row["reason"]) for row in csv.DictReader(file)]
     if len(records) != len(images):
@@ -292,6 +332,28 @@ def _open_cache(cache_dir: Path) -> Dataset:
             f"{cache_dir}: cache is inconsistent; delete the folder and prepare again"
         )
     return Dataset(images=images, records=records, skipped=skipped, cache_dir=cache_dir)
+
+
+def _manifest_record(row: dict) -> Record:
+    """A manifest row as a Record; manifests from before interval labels have no age_min,
+    age_max or extra columns (their ages are exact)."""
+    known = ("file", "age", "gender", "race", "split", "age_min", "age_max")
+    age = int(row["age"])
+    return Record(
+        row["file"],
+        age,
+        int(row["gender"]),
+        int(row["race"]),
+        row["split"],
+        age_min=int(row.get("age_min") or age),
+        age_max=int(row.get("age_max") or age),
+        extra=tuple((key, value) for key, value in row.items() if key not in known),
+    )
+
+
+def extra_names(records) -> list[str]:
+    """The names of the records' extra columns, in order of first appearance."""
+    return list(dict.fromkeys(name for record in records for name, _ in record.extra))
 
 
 def _write_csv(path: Path, header: Sequence[str], rows) -> None:
