@@ -6,7 +6,10 @@ NaN, and every block carries the sample count `n` it was computed on. Nothing he
 so `evaluate`, training's validation and the tests all share these exact definitions.
 
 Conventions: gender 0 = male, 1 = female, scored from P(female) thresholded at 0.5; race 0..4
-with -1 = unknown (left out of race accuracy, its own "unknown" group in breakdowns).
+with -1 = unknown (left out of race accuracy, its own "unknown" group in breakdowns). Age -1 is
+an interval label (an age bin, `age_min..age_max`): it has no age error, so MAE and bias leave it
+out (`age_n` counts the exact ages of a group), and it falls in the age band of its interval
+(`names.band_ages`); `age_bins` scores it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from utkface.runtime.names import (
     GENDERS,
     RACES,
     UNKNOWN_RACE,
+    band_ages,
     band_index,
 )
 
@@ -193,7 +197,10 @@ def group_names(labels: dict, by: str) -> tuple[np.ndarray, list[str]]:
     (including groups with no samples)."""
     if by in ("age_band", "fairness_band"):
         bands = AGE_BANDS if by == "age_band" else FAIRNESS_BANDS
-        index = band_index(labels["age"], bands)
+        ages = labels["age"]
+        index = band_index(
+            band_ages(labels.get("age_min", ages), labels.get("age_max", ages)), bands
+        )
         order = [name for name, _, _ in bands]
         return np.array(order, dtype=object)[index], order
     if by == "gender":
@@ -207,8 +214,9 @@ def group_names(labels: dict, by: str) -> tuple[np.ndarray, list[str]]:
         inner, inner_order = group_names(labels, second)
         order = [f"{race}/{name}" for race in race_order for name in inner_order]
         return np.array([f"{r}/{g}" for r, g in zip(races, inner)], dtype=object), order
-    if by == "source":  # sources in order of first appearance
-        names = np.asarray(labels["source"], dtype=object)
+    if by in _named(labels):  # source, race7, ...
+        names = np.asarray(labels[by], dtype=object)  # in order of first appearance
+        names = np.where(names == "", UNKNOWN, names)
         return names, list(dict.fromkeys(names.tolist()))
     raise ValueError(f"unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
 
@@ -229,9 +237,10 @@ def group_table(labels: dict, predictions: dict, by: str, min_n: int = 1) -> dic
 
 
 def breakdowns(labels: dict, predictions: dict, min_n: int = 1) -> dict:
-    """`group_table` for every grouping in GROUPINGS, and by source when `labels` has a
-    "source" array (one name per sample) naming more than one."""
-    groupings = GROUPINGS + (("source",) if len(set(labels.get("source", ()))) > 1 else ())
+    """`group_table` for every grouping in GROUPINGS, and by every column of names (object
+    arrays: "source", an extra labels column such as "race7") that names more than one group."""
+    named = _named(labels)
+    groupings = GROUPINGS + tuple(key for key in named if len(set(labels[key])) > 1)
     return {by: group_table(labels, predictions, by, min_n) for by in groupings}
 
 
@@ -242,7 +251,7 @@ def fairness(tables: dict, min_n: int = MIN_GROUP_N) -> dict:
     cells = [
         row
         for row in tables["race_age"]["rows"]
-        if row["n"] >= max(min_n, 1) and row["bias"] is not None
+        if row["age_n"] >= max(min_n, 1) and row["bias"] is not None
         if not row["group"].startswith(UNKNOWN + "/")
     ]
     worst = max(cells, key=lambda row: abs(row["bias"]), default=None)
@@ -259,11 +268,17 @@ def fairness(tables: dict, min_n: int = MIN_GROUP_N) -> dict:
     }
 
 
+def _named(labels: dict) -> list[str]:
+    """The label columns of names (strings), not numbers: source, extra CSV columns."""
+    return [key for key, value in labels.items() if np.asarray(value).dtype.kind in "OUS"]
+
+
 def _group_row(name: str, inside: np.ndarray, labels: dict, predictions: dict) -> dict:
-    n = int(inside.sum())
+    n, exact = int(inside.sum()), inside & (labels["age"] >= 0)
     row = {"group": name, "n": n, "mae": None, "bias": None, "gender_accuracy": None}
+    row["age_n"] = int(exact.sum())
     if "age" in predictions:
-        error = np.asarray(predictions["age"], dtype=np.float64)[inside] - labels["age"][inside]
+        error = np.asarray(predictions["age"], dtype=np.float64)[exact] - labels["age"][exact]
         row["mae"], row["bias"] = _mean(np.abs(error)), _mean(error)
     if "gender_prob" in predictions:
         predicted = np.asarray(predictions["gender_prob"])[inside] >= 0.5
