@@ -4,13 +4,14 @@
     torchrun --nproc-per-node 2 -m utkface train ...   # DDP, no other change (README: nodes)
 
 A run folder holds `config.json`, `metrics.csv` (one row per epoch) and `curves.png` (its
-plot), `last.pt`, `best.pt` (lowest validation score: age MAE + 20 x gender error rate, i.e. one
-point of gender accuracy is worth 0.2 years) and, at the end, `final_metrics.json` (test metrics
-of the best checkpoint). Each epoch scores the trained weights (`val_*` columns) and their
-moving average (`val_ema_*`, see `ema.py`); `best.pt` holds whichever scored lower. `last.pt`
-also carries the optimizer, average and step, so `resume` continues exactly where a run
-stopped, mid-epoch included: batches and random numbers are functions of the seed, the rank and
-the step (`training/sampling.py`), never state that would need saving.
+plot), `last.pt`, `best.pt` (lowest validation score: age error + 20 x gender error rate, i.e.
+one point of gender accuracy is worth 0.2 years, averaged over the sources: `validation`)
+and, at the end, `final_metrics.json` (test metrics of the best checkpoint). Each epoch
+scores the trained weights (`val_*` columns) and their moving average (`val_ema_*`, see
+`ema.py`); `best.pt` holds whichever scored lower. `last.pt` also carries the optimizer,
+average and step, so `resume` continues exactly where a run stopped, mid-epoch included:
+batches and random numbers are functions of the seed, the rank and the step
+(`training/sampling.py`), never state that would need saving.
 
 This module is the loop; what surrounds it lives in `utkface.training` (see its docstring).
 """
@@ -30,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from utkface.data.dataset import Dataset
-from utkface.data.multisource import prepare_sources
+from utkface.data.multisource import column_names, prepare_sources
 from utkface.evaluation import fairness
 from utkface.models.checkpoint import model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
@@ -50,7 +51,13 @@ from utkface.training.ema import WeightAverage
 from utkface.training.epoch_log import format_metrics, summary_line, write_epoch_files
 from utkface.training.interrupts import DeferredInterrupt
 from utkface.training.losses import multitask_loss
-from utkface.training.sampling import epoch_batches, step_seed, steps_per_epoch, subset_indices
+from utkface.training.sampling import (
+    epoch_batches,
+    mix_weights,
+    step_seed,
+    steps_per_epoch,
+    subset_indices,
+)
 from utkface.training.saver import CheckpointSaver, fresh_state
 from utkface.training.schedule import lr_at, make_optimizer
 from utkface.training.trace import RankTrace
@@ -147,6 +154,10 @@ class Trainer:
         if config.balance_alpha:
             train_labels = {key: value[self.split["train"]] for key, value in labels.items()}
             self.sample_weights = balance.sample_weights(train_labels, config.balance_alpha)
+        if config.source_mix:  # each source's share of an epoch's draws
+            sources = np.array([dataset.records[i].source for i in self.split["train"]], object)
+            keys = column_names(list(dict.fromkeys(sources.tolist())))
+            self.sample_weights = mix_weights(sources, config.source_mix, keys, self.sample_weights)
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
         self.clock = StepClock()
