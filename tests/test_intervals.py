@@ -168,6 +168,14 @@ def test_report_scores_exact_ages_by_mae_and_bins_by_bin_accuracy():
         "gender_accuracy"
     ] == (0.0)
     assert groups["unknown"]["n"] == 1
+    lines = age_bins.bin_lines(report["age_bins"], report["breakdowns"], markdown=False)
+    assert lines[0] == (
+        "age bins  n=5  bin acc 40.0%  within one bin 100.0%  years outside the bin 3.02"
+    )
+    assert any(line.split() == ["3-9", "1", "9.6", "0.0%", "0.0%", "100.0%"] for line in lines)
+    # gender accuracy per race7 group; no gap is ranked among groups of fewer than 20 faces
+    assert any(line.split() == ["Black", "1", "0.0%"] for line in lines)
+    assert not any(line.startswith("gender accuracy gap") for line in lines)
     # selection score: mean age error in years + 20 x gender error rate (1 of 6 wrong)
     error = (0 + 0.1 + 5.5 + 0 + 9.5 + 3.0) / 6
     assert selection_score(labels, predictions) == pytest.approx(error + 20 * 1 / 6)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from utkface.evaluation.tables import num, pct, text_table
 from utkface.runtime.names import RACES, UNKNOWN_RACE
 
 HALF_YEAR = 0.5  # a prediction belongs to the year it rounds to
@@ -105,6 +106,55 @@ def bin_metrics(labels: dict, predictions: dict, group: str | None = None) -> di
         "group": group,
         "group_bin": rows,
     }
+
+
+def bin_lines(block: dict, breakdowns: dict, markdown: bool = True) -> list[str]:
+    """The bins as text: the headline, per bin, per group x bin (mean predicted age and the
+    share inside the bin) and, for the group column, gender accuracy per group and its gap."""
+    lines = [
+        f"age bins  n={block['n']}  bin acc {pct(block['accuracy'])}  within one bin "
+        f"{pct(block['within_one'])}  years outside the bin {num(block['interval_error'])}",
+        "",
+    ]
+    header = ["bin", "n", "mean predicted age", "in bin", "below", "above"]
+    rows = [
+        [row["bin"], row["n"], num(row["mean_pred"], 1), *(pct(row[k]) for k in SHARES)]
+        for row in block["per_bin"]
+    ]
+    lines += text_table(header, rows, markdown) + [""]
+    cells = {(row["group"], row["bin"]): row for row in block["group_bin"]}
+    groups = list(dict.fromkeys(row["group"] for row in block["group_bin"]))
+    rows = [
+        [group]
+        + [
+            f"{num(cells[group, b]['mean_pred'], 1)} ({pct(cells[group, b]['in_bin'], 0)})"
+            if (group, b) in cells
+            else "-"
+            for b in block["bins"]
+        ]
+        for group in groups
+    ]
+    header = [f"{block['group']}: mean predicted age (in bin)", *block["bins"]]
+    lines += text_table(header, rows, markdown)
+    table = breakdowns.get(block["group"])
+    if table:
+        rows = [
+            [row["group"], row["n"], pct(row["gender_accuracy"])]
+            for row in table["rows"]
+            if row["n"]
+        ]
+        lines += [""] + text_table([block["group"], "n", "gender acc"], rows, markdown)
+        gap = table["gap"]["gender_accuracy"]
+        if gap:
+            lines.append(
+                f"gender accuracy gap between {block['group']} groups: {pct(gap['gap'])} "
+                f"({gap['best']} {pct(gap['best_value'])}, {gap['worst']} "
+                f"{pct(gap['worst_value'])}; groups with n >= {gap['min_n']})"
+            )
+    return lines
+
+
+SHARES = ("in_bin", "below", "above")
 
 
 def _cell(group: str, bin_label: str, inside, pred, lower, upper) -> dict:
