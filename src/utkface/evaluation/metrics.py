@@ -7,9 +7,8 @@ so `evaluate`, training's validation and the tests all share these exact definit
 
 Conventions: gender 0 = male, 1 = female, scored from P(female) thresholded at 0.5; race 0..4
 with -1 = unknown (left out of race accuracy, its own "unknown" group in breakdowns). Age -1 is
-an interval label (an age bin, `age_min..age_max`): it has no age error, so MAE and bias leave it
-out (`age_n` counts the exact ages of a group), and it falls in the age band of its interval
-(`names.band_ages`); `age_bins` scores it.
+an age bin (`age_min..age_max`, scored by `age_bins`): MAE and bias leave it out (`age_n` counts
+a group's exact ages, which rank MAE gaps), and its band is its interval's (`names.band_ages`).
 """
 
 from __future__ import annotations
@@ -197,10 +196,8 @@ def group_names(labels: dict, by: str) -> tuple[np.ndarray, list[str]]:
     (including groups with no samples)."""
     if by in ("age_band", "fairness_band"):
         bands = AGE_BANDS if by == "age_band" else FAIRNESS_BANDS
-        ages = labels["age"]
-        index = band_index(
-            band_ages(labels.get("age_min", ages), labels.get("age_max", ages)), bands
-        )
+        ages = band_ages(*(labels.get(key, labels["age"]) for key in ("age_min", "age_max")))
+        index = band_index(ages, bands)
         order = [name for name, _, _ in bands]
         return np.array(order, dtype=object)[index], order
     if by == "gender":
@@ -239,8 +236,7 @@ def group_table(labels: dict, predictions: dict, by: str, min_n: int = 1) -> dic
 def breakdowns(labels: dict, predictions: dict, min_n: int = 1) -> dict:
     """`group_table` for every grouping in GROUPINGS, and by every column of names (object
     arrays: "source", an extra labels column such as "race7") that names more than one group."""
-    named = _named(labels)
-    groupings = GROUPINGS + tuple(key for key in named if len(set(labels[key])) > 1)
+    groupings = GROUPINGS + tuple(k for k in _named(labels) if len(set(labels[k])) > 1)
     return {by: group_table(labels, predictions, by, min_n) for by in groupings}
 
 
@@ -275,8 +271,8 @@ def _named(labels: dict) -> list[str]:
 
 def _group_row(name: str, inside: np.ndarray, labels: dict, predictions: dict) -> dict:
     n, exact = int(inside.sum()), inside & (labels["age"] >= 0)
-    row = {"group": name, "n": n, "mae": None, "bias": None, "gender_accuracy": None}
-    row["age_n"] = int(exact.sum())
+    row = {"group": name, "n": n, "age_n": int(exact.sum()), "mae": None, "bias": None}
+    row["gender_accuracy"] = None
     if "age" in predictions:
         error = np.asarray(predictions["age"], dtype=np.float64)[exact] - labels["age"][exact]
         row["mae"], row["bias"] = _mean(np.abs(error)), _mean(error)
@@ -287,9 +283,11 @@ def _group_row(name: str, inside: np.ndarray, labels: dict, predictions: dict) -
 
 
 def _gap(rows: list[dict], metric: str, min_n: int, higher_is_better: bool) -> dict | None:
-    """Best and worst group by `metric` among groups with n >= min_n; None with fewer than two."""
+    """Best and worst group by `metric` among groups with n >= min_n (for MAE, exact ages:
+    `age_n`); None with fewer than two."""
+    count = "age_n" if metric == "mae" else "n"
     ranked = sorted(
-        (row for row in rows if row["n"] >= max(min_n, 1) and row[metric] is not None),
+        (row for row in rows if row[count] >= max(min_n, 1) and row[metric] is not None),
         key=lambda row: row[metric],
         reverse=higher_is_better,
     )
@@ -299,10 +297,10 @@ def _gap(rows: list[dict], metric: str, min_n: int, higher_is_better: bool) -> d
     return {
         "best": best["group"],
         "best_value": best[metric],
-        "best_n": best["n"],
+        "best_n": best[count],
         "worst": worst["group"],
         "worst_value": worst[metric],
-        "worst_n": worst["n"],
+        "worst_n": worst[count],
         "gap": abs(best[metric] - worst[metric]),
         "min_n": min_n,
     }
