@@ -15,7 +15,6 @@ opens the cache at once.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -33,51 +32,25 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
+from utkface.data.records import (
+    LABEL_KEYS,
+    Record,
+    Skipped,
+    extra_names,
+    read_manifest,
+    read_skipped,
+    write_manifest,
+    write_skipped,
+)
 from utkface.runtime import images as image_io
 from utkface.runtime.errors import OptionError, UtkfaceError
-from utkface.runtime.names import (
-    GENDERS,
-    UNKNOWN_AGE,
-    Label,
-    LabelError,
-    age_band,
-    band_ages,
-    fill_exact_interval,
-    parse_name,
-)
+from utkface.runtime.names import GENDERS, Label, LabelError, parse_name
 from utkface.runtime.sources import Limits, fingerprint, iter_members
 
 SPLITS = ("train", "val", "test")
-LABEL_KEYS = ("age", "gender", "race", "age_min", "age_max")
 CACHE_VERSION = 2  # bump when the cached pixels or manifest would change (2: no JPEG draft)
 # <checkout>/src/utkface/data.py -> <checkout>/../shared/UTKFace.tar.gz
 DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "UTKFace.tar.gz"
-
-
-@dataclass(frozen=True)
-class Record:
-    file: str  # path inside the source
-    age: int  # UNKNOWN_AGE (-1) for an interval label (an age bin)
-    gender: int
-    race: int  # -1 when unknown
-    split: str = ""
-    source: str = ""  # which source of several (`multisource`); "" for a single one
-    age_min: int = UNKNOWN_AGE  # the age interval, both ends inclusive; = age when exact
-    age_max: int = UNKNOWN_AGE
-    extra: tuple[tuple[str, str], ...] = ()  # other labels CSV columns (e.g. race7), reporting
-
-    def __post_init__(self):
-        fill_exact_interval(self)
-
-    @property
-    def band(self) -> str:
-        return age_band(int(band_ages(self.age_min, self.age_max)))
-
-
-@dataclass(frozen=True)
-class Skipped:
-    file: str
-    reason: str
 
 
 @dataclass
@@ -282,21 +255,8 @@ def _build_cache(
         else:
             (building / "pixels.npy").rename(building / "images.npy")
         split = [split_of(r.file, settings["seed"], settings["fractions"]) for r in result.records]
-        extras = extra_names(result.records)
-        _write_csv(
-            building / "manifest.csv",
-            ("file", "age", "gender", "race", "split", "age_min", "age_max", *extras),
-            [
-                (r.file, r.age, r.gender, r.race, s, r.age_min, r.age_max)
-                + tuple(dict(r.extra).get(name, "") for name in extras)
-                for r, s in zip(result.records, split)
-            ],
-        )
-        _write_csv(
-            building / "skipped.csv",
-            ("file", "reason"),
-            [(s.file, s.reason) for s in result.skipped],
-        )
+        write_manifest(building / "manifest.csv", result.records, split)
+        write_skipped(building / "skipped.csv", result.skipped)
         return dict(settings, seen=result.seen, used=len(result.records))
 
     build_cache(cache_dir, fill)
@@ -323,44 +283,13 @@ def build_cache(cache_dir: Path, fill: Callable[[Path], dict]) -> None:
 
 def _open_cache(cache_dir: Path) -> Dataset:
     images = np.load(cache_dir / "images.npy", mmap_mode="r")
-    with open(cache_dir / "manifest.csv", newline="") as file:
-        records = [_manifest_record(row) for row in csv.DictReader(file)]
-    with open(cache_dir / "skipped.csv", newline="") as file:
-        skipped = [Skipped(row["file"], row["reason"]) for row in csv.DictReader(file)]
+    records = read_manifest(cache_dir / "manifest.csv")
+    skipped = read_skipped(cache_dir / "skipped.csv")
     if len(records) != len(images):
         raise UtkfaceError(
             f"{cache_dir}: cache is inconsistent; delete the folder and prepare again"
         )
     return Dataset(images=images, records=records, skipped=skipped, cache_dir=cache_dir)
-
-
-def _manifest_record(row: dict) -> Record:
-    """A manifest row as a Record; manifests from before interval labels have no age_min,
-    age_max or extra columns (their ages are exact)."""
-    known = ("file", "age", "gender", "race", "split", "age_min", "age_max")
-    age = int(row["age"])
-    return Record(
-        row["file"],
-        age,
-        int(row["gender"]),
-        int(row["race"]),
-        row["split"],
-        age_min=int(row.get("age_min") or age),
-        age_max=int(row.get("age_max") or age),
-        extra=tuple((key, value) for key, value in row.items() if key not in known),
-    )
-
-
-def extra_names(records) -> list[str]:
-    """The names of the records' extra columns, in order of first appearance."""
-    return list(dict.fromkeys(name for record in records for name, _ in record.extra))
-
-
-def _write_csv(path: Path, header: Sequence[str], rows) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 _TARGET: np.ndarray | None = None  # the shared output array, inherited by forked workers

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from utkface.data.multisource import column_names
 from utkface.runtime.errors import OptionError
 from utkface.training import balance
 
@@ -19,6 +20,20 @@ def subset_indices(indices: np.ndarray, share: float, seed: int) -> np.ndarray:
         return indices
     keep = max(1, int(round(len(indices) * share)))
     return np.sort(np.random.default_rng(seed).permutation(indices)[:keep])
+
+
+def draw_weights(dataset, train: np.ndarray, config) -> np.ndarray | None:
+    """The draw weight of each image of `train` (rows of `dataset`) under the config's
+    `balance_alpha` (race x age band cells) and `source_mix` (each source's share); None when
+    neither is set (a plain shuffle)."""
+    weights = None
+    if config.balance_alpha:
+        weights = balance.sample_weights(dataset.labels(train), config.balance_alpha)
+    if config.source_mix:
+        sources = np.array([dataset.records[i].source for i in train], dtype=object)
+        keys = column_names(list(dict.fromkeys(sources.tolist())))
+        weights = mix_weights(sources, config.source_mix, keys, weights)
+    return weights
 
 
 def mix_weights(

@@ -31,12 +31,12 @@ import torch
 from tqdm import tqdm
 
 from utkface.data.dataset import Dataset
-from utkface.data.multisource import column_names, prepare_sources
+from utkface.data.multisource import prepare_sources
 from utkface.evaluation import fairness
 from utkface.models.checkpoint import model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
 from utkface.runtime.atomic import atomic_write
-from utkface.training import balance, seed_pair
+from utkface.training import sampling, seed_pair
 from utkface.training.augment import Augment
 from utkface.training.budget import StepClock, TimeBudget
 from utkface.training.config import ConfigError, TrainConfig
@@ -51,13 +51,6 @@ from utkface.training.ema import WeightAverage
 from utkface.training.epoch_log import format_metrics, summary_line, write_epoch_files
 from utkface.training.interrupts import DeferredInterrupt
 from utkface.training.losses import multitask_loss
-from utkface.training.sampling import (
-    epoch_batches,
-    mix_weights,
-    step_seed,
-    steps_per_epoch,
-    subset_indices,
-)
 from utkface.training.saver import CheckpointSaver, fresh_state
 from utkface.training.schedule import lr_at, make_optimizer
 from utkface.training.trace import RankTrace
@@ -143,21 +136,15 @@ class Trainer:
         self.spec = model_spec(config.model, config.tasks, **options)
         self.tasks = model_tasks(config.model, config.tasks)
         self.split = {
-            name: subset_indices(dataset.indices(name), subset, config.seed)
+            name: sampling.subset_indices(dataset.indices(name), subset, config.seed)
             for name in ("train", "val", "test")
         }
         # Batches are read from the memory-mapped cache (pages shared by every process of a
         # node through the page cache), never copied whole into each rank's memory.
         labels = dataset.labels()
         self.labels = {key: torch.from_numpy(value) for key, value in labels.items()}
-        self.sample_weights = None  # balance_alpha 0: a plain shuffle, as before the option
-        if config.balance_alpha:
-            train_labels = {key: value[self.split["train"]] for key, value in labels.items()}
-            self.sample_weights = balance.sample_weights(train_labels, config.balance_alpha)
-        if config.source_mix:  # each source's share of an epoch's draws
-            sources = np.array([dataset.records[i].source for i in self.split["train"]], object)
-            keys = column_names(list(dict.fromkeys(sources.tolist())))
-            self.sample_weights = mix_weights(sources, config.source_mix, keys, self.sample_weights)
+        # None (balance_alpha 0, no source_mix): a plain shuffle, as before the options
+        self.sample_weights = sampling.draw_weights(dataset, self.split["train"], config)
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
         self.clock = StepClock()
@@ -168,7 +155,7 @@ class Trainer:
         config, cluster = self.config, self.cluster
         model, optimizer, saver, state = self._start(resume)
         net = cluster.wrap(model)  # DistributedDataParallel under torchrun
-        steps = steps_per_epoch(len(self.split["train"]), cluster.world, config.batch_size)
+        steps = sampling.steps_per_epoch(len(self.split["train"]), cluster.world, config.batch_size)
         if state["total_steps"] is None and config.time_budget is None:
             state["total_steps"] = config.epochs * steps
         provisional = state["total_steps"] or config.epochs * steps
@@ -237,7 +224,7 @@ class Trainer:
         images per second of all ranks), and the number of steps timed and their seconds
         (`StepClock`: a process's first steps are not timed)."""
         config, cluster, epoch = self.config, self.cluster, state["epoch"]
-        batches = epoch_batches(
+        batches = sampling.epoch_batches(
             self.split["train"],
             epoch,
             config.seed,
@@ -266,7 +253,7 @@ class Trainer:
                 if state["step"] >= total:
                     break
                 rows = batches[state["step_in_epoch"]]
-                seed = step_seed(config.seed, cluster.rank, state["step"])
+                seed = sampling.step_seed(config.seed, cluster.rank, state["step"])
                 if self.trace:
                     self.trace.step(epoch + 1, state["step"] + 1, rows, seed)
                 torch.manual_seed(seed)  # this rank's augmentation and dropout of this step
