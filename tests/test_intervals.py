@@ -201,6 +201,8 @@ def test_mixing_shares_by_hand():
         mix_weights(sources, {"nope": 0.5}, keys, None)
     with pytest.raises(OptionError, match="sum to 0.9; they must sum to 1"):
         mix_weights(sources, {"utkface": 0.5, "fairface": 0.2, "extra": 0.2}, keys, None)
+    with pytest.raises(OptionError, match="several --data sources"):
+        mix_weights(np.array([""] * 3, object), {"utkface": 1.0}, {"": "source"}, None)
     assert column_names(["fair-a", "fair-b"]) == {"fair-a": "fair_a", "fair-b": "fair_b"}
 
 

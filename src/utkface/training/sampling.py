@@ -49,6 +49,8 @@ def mix_weights(
     if not mix:
         return base
     names = list(dict.fromkeys(sources.tolist()))
+    if len(names) < 2:
+        raise OptionError("source_mix (--mix) shares an epoch between several --data sources")
     by_key = {keys.get(name, name): name for name in names}
     unknown = sorted(set(mix) - set(by_key))
     if unknown:
