@@ -111,8 +111,9 @@ def bin_metrics(labels: dict, predictions: dict, group: str | None = None) -> di
 def bin_lines(block: dict, breakdowns: dict, markdown: bool = True) -> list[str]:
     """The bins as text: the headline, per bin, per group x bin (mean predicted age and the
     share inside the bin) and, for the group column, gender accuracy per group and its gap."""
+    bullet = "- " if markdown else ""
     lines = [
-        f"age bins  n={block['n']}  bin acc {pct(block['accuracy'])}  within one bin "
+        f"{bullet}age bins  n={block['n']}  bin acc {pct(block['accuracy'])}  within one bin "
         f"{pct(block['within_one'])}  years outside the bin {num(block['interval_error'])}",
         "",
     ]
@@ -126,15 +127,10 @@ def bin_lines(block: dict, breakdowns: dict, markdown: bool = True) -> list[str]
     groups = list(dict.fromkeys(row["group"] for row in block["group_bin"]))
     rows = [
         [group]
-        + [
-            f"{num(cells[group, b]['mean_pred'], 1)} ({pct(cells[group, b]['in_bin'], 0)})"
-            if (group, b) in cells
-            else "-"
-            for b in block["bins"]
-        ]
+        + [_mean_cell(cells[group, b]) if (group, b) in cells else "-" for b in block["bins"]]
         for group in groups
     ]
-    header = [f"{block['group']}: mean predicted age (in bin)", *block["bins"]]
+    header = [f"{block['group']}: mean predicted age (in bin, n)", *block["bins"]]
     lines += text_table(header, rows, markdown)
     table = breakdowns.get(block["group"])
     if table:
@@ -146,8 +142,9 @@ def bin_lines(block: dict, breakdowns: dict, markdown: bool = True) -> list[str]
         lines += [""] + text_table([block["group"], "n", "gender acc"], rows, markdown)
         gap = table["gap"]["gender_accuracy"]
         if gap:
+            lines += [""] if markdown else []
             lines.append(
-                f"gender accuracy gap between {block['group']} groups: {pct(gap['gap'])} "
+                f"{bullet}gender accuracy gap between {block['group']} groups: {pct(gap['gap'])} "
                 f"({gap['best']} {pct(gap['best_value'])}, {gap['worst']} "
                 f"{pct(gap['worst_value'])}; groups with n >= {gap['min_n']})"
             )
@@ -155,6 +152,10 @@ def bin_lines(block: dict, breakdowns: dict, markdown: bool = True) -> list[str]
 
 
 SHARES = ("in_bin", "below", "above")
+
+
+def _mean_cell(row: dict) -> str:
+    return f"{num(row['mean_pred'], 1)} ({pct(row['in_bin'], 0)}, {row['n']})"
 
 
 def _cell(group: str, bin_label: str, inside, pred, lower, upper) -> dict:
