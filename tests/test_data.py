@@ -158,7 +158,11 @@ def test_cache_round_trip(face_folder, tmp_path, jpeg_bytes):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [dataset.cache_dir.name]  # no temp
 
     labels = dataset.labels(dataset.indices("train"))
-    assert set(labels) == {"age", "gender", "race"} and labels["age"].dtype == np.int64
+    assert set(labels) == {"age", "gender", "race", "age_min", "age_max"}
+    assert labels["age"].dtype == np.int64
+    # exact ages: the interval of each is the age itself
+    assert np.array_equal(labels["age_min"], labels["age"])
+    assert np.array_equal(labels["age_max"], labels["age"])
     all_indices = np.concatenate([dataset.indices(s) for s in data.SPLITS])
     assert sorted(all_indices) == list(range(24))
     with pytest.raises(ValueError, match="train, val, test"):

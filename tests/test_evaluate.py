@@ -28,6 +28,7 @@ TOP_KEYS = {
     "n",
     "tasks",
     "age",
+    "age_bins",  # None: every age is exact
     "gender",
     "race",
     "breakdowns",
@@ -115,7 +116,7 @@ def test_scores_a_plain_folder_whole_and_writes_the_report(checkpoint, faces, tm
     for table in on_disk["breakdowns"].values():
         assert set(table) == {"rows", "gap"} and set(table["gap"]) == {"mae", "gender_accuracy"}
         for row in table["rows"]:
-            assert set(row) == {"group", "n", "mae", "bias", "gender_accuracy"}
+            assert set(row) == {"group", "n", "age_n", "mae", "bias", "gender_accuracy"}
     assert on_disk["age"]["mae"] == pytest.approx(report["age"]["mae"])
 
     expected_plots = {

@@ -145,11 +145,19 @@ def test_breakdown_by_age_band_by_hand():
     table = metrics.group_table(LABELS, PREDICTIONS, "age_band")
     rows = _rows(table)
     assert list(rows) == ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
-    assert rows["0-2"] == {"group": "0-2", "n": 1, "mae": 1.0, "bias": 1.0, "gender_accuracy": 1.0}
+    assert rows["0-2"] == {
+        "group": "0-2",
+        "n": 1,
+        "age_n": 1,
+        "mae": 1.0,
+        "bias": 1.0,
+        "gender_accuracy": 1.0,
+    }
     assert rows["3-9"]["gender_accuracy"] == 0.0
     assert rows["20-29"] == {
         "group": "20-29",
         "n": 2,
+        "age_n": 2,
         "mae": 5.0,
         "bias": 0.0,
         "gender_accuracy": 1.0,
@@ -157,6 +165,7 @@ def test_breakdown_by_age_band_by_hand():
     assert rows["10-19"] == {
         "group": "10-19",
         "n": 0,
+        "age_n": 0,
         "mae": None,
         "bias": None,
         "gender_accuracy": None,
@@ -178,6 +187,7 @@ def test_breakdown_by_gender_race_and_cells():
     assert by_gender["male"] == {
         "group": "male",
         "n": 2,
+        "age_n": 2,
         "mae": 3.0,
         "bias": -2.0,
         "gender_accuracy": 1.0,
@@ -227,6 +237,7 @@ def test_race_by_age_band_cells_and_fairness_headlines_by_hand():
     assert cells["White/0-19"] == {
         "group": "White/0-19",
         "n": 2,
+        "age_n": 2,
         "mae": 0.5,
         "bias": 0.5,
         "gender_accuracy": 0.5,

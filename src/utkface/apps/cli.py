@@ -268,6 +268,14 @@ def add_train_parser(subparsers) -> None:
         dest="balance_alpha",
         help="draw images with probability ~ (race x age band count)^-alpha, 0..1 (0 = off)",
     )
+    parser.add_argument(
+        "--mix",
+        type=parse_mix,
+        dest="source_mix",
+        metavar="SOURCE=SHARE[,...]",
+        help="share of each --data source per epoch, e.g. utkface=0.5 (sources left out share "
+        "the rest by size; default: in proportion to their sizes)",
+    )
     parser.add_argument("--device", help="auto, cpu, cuda or mps")
     parser.add_argument(
         "--precision", help="fp32 (default) or bf16 (autocast the forward pass, for GPUs)"
@@ -310,6 +318,7 @@ def add_train_parser(subparsers) -> None:
                 "init",
                 "seed",
                 "balance_alpha",
+                "source_mix",
                 "device",
                 "precision",
                 "threads",
@@ -331,6 +340,18 @@ def add_train_parser(subparsers) -> None:
         return 0
 
     parser.set_defaults(func=run)
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """`--mix utkface=0.5,fairface=0.5` -> {"utkface": 0.5, "fairface": 0.5}."""
+    mix = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            mix[key.strip().lower()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not SOURCE=SHARE") from None
+    return mix
 
 
 def add_predict_parser(subparsers) -> None:

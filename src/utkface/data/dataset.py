@@ -15,7 +15,6 @@ opens the cache at once.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -33,31 +32,25 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
+from utkface.data.records import (
+    LABEL_KEYS,
+    Record,
+    Skipped,
+    extra_names,
+    read_manifest,
+    read_skipped,
+    write_manifest,
+    write_skipped,
+)
 from utkface.runtime import images as image_io
 from utkface.runtime.errors import OptionError, UtkfaceError
-from utkface.runtime.names import GENDERS, Label, LabelError, age_band, parse_name
+from utkface.runtime.names import GENDERS, Label, LabelError, parse_name
 from utkface.runtime.sources import Limits, fingerprint, iter_members
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 2  # bump when the cached pixels or manifest would change (2: no JPEG draft)
 # <checkout>/src/utkface/data.py -> <checkout>/../shared/UTKFace.tar.gz
 DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "UTKFace.tar.gz"
-
-
-@dataclass(frozen=True)
-class Record:
-    file: str  # path inside the source
-    age: int
-    gender: int
-    race: int  # -1 when unknown
-    split: str = ""
-    source: str = ""  # which source of several (`multisource`); "" for a single one
-
-
-@dataclass(frozen=True)
-class Skipped:
-    file: str
-    reason: str
 
 
 @dataclass
@@ -73,11 +66,19 @@ class Scan:
         return len(self.records) + len(self.skipped)
 
     def labels(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """(N,) int64 arrays `age` (-1 for an interval), `gender`, `race`, `age_min`, `age_max`."""
         chosen = self.records if indices is None else [self.records[i] for i in indices]
         return {
             key: np.array([getattr(record, key) for record in chosen], dtype=np.int64)
-            for key in ("age", "gender", "race")
+            for key in LABEL_KEYS
         }
+
+    def extras(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The extra label columns (`Record.extra`) as (N,) object arrays, "" where missing."""
+        chosen = self.records if indices is None else [self.records[i] for i in indices]
+        names = extra_names(chosen)
+        values = [dict(record.extra) for record in chosen]
+        return {name: np.array([v.get(name, "") for v in values], dtype=object) for name in names}
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Dataset(Scan):
         for split in SPLITS:
             chosen = [r for r in self.records if r.split == split]
             genders = Counter(GENDERS[r.gender] for r in chosen)
-            bands = Counter(age_band(r.age) for r in chosen)
+            bands = Counter(r.band for r in chosen)
             lines.append(
                 f"  {split:5s} {len(chosen):6d}  "
                 + " ".join(f"{g}={genders[g]}" for g in GENDERS)
@@ -166,7 +167,17 @@ def scan(
         except LabelError as error:
             skipped.append(Skipped(member.name, str(error) if label else f"bad name: {error}"))
             continue
-        records.append(Record(member.name, found.age, found.gender, found.race))
+        records.append(
+            Record(
+                member.name,
+                found.age,
+                found.gender,
+                found.race,
+                age_min=found.age_min,
+                age_max=found.age_max,
+                extra=found.extra,
+            )
+        )
         payloads.append(member.data)
     shape = (len(payloads), size, size, 3)
     target = allocate(len(payloads)) if allocate else np.empty(shape, dtype=np.uint8)
@@ -244,16 +255,8 @@ def _build_cache(
         else:
             (building / "pixels.npy").rename(building / "images.npy")
         split = [split_of(r.file, settings["seed"], settings["fractions"]) for r in result.records]
-        _write_csv(
-            building / "manifest.csv",
-            ("file", "age", "gender", "race", "split"),
-            [(r.file, r.age, r.gender, r.race, s) for r, s in zip(result.records, split)],
-        )
-        _write_csv(
-            building / "skipped.csv",
-            ("file", "reason"),
-            [(s.file, s.reason) for s in result.skipped],
-        )
+        write_manifest(building / "manifest.csv", result.records, split)
+        write_skipped(building / "skipped.csv", result.skipped)
         return dict(settings, seen=result.seen, used=len(result.records))
 
     build_cache(cache_dir, fill)
@@ -280,25 +283,13 @@ def build_cache(cache_dir: Path, fill: Callable[[Path], dict]) -> None:
 
 def _open_cache(cache_dir: Path) -> Dataset:
     images = np.load(cache_dir / "images.npy", mmap_mode="r")
-    with open(cache_dir / "manifest.csv", newline="") as file:
-        records = [
-            Record(row["file"], int(row["age"]), int(row["gender"]), int(row["race"]), row["split"])
-            for row in csv.DictReader(file)
-        ]
-    with open(cache_dir / "skipped.csv", newline="") as file:
-        skipped = [Skipped(row["file"], row["reason"]) for row in csv.DictReader(file)]
+    records = read_manifest(cache_dir / "manifest.csv")
+    skipped = read_skipped(cache_dir / "skipped.csv")
     if len(records) != len(images):
         raise UtkfaceError(
             f"{cache_dir}: cache is inconsistent; delete the folder and prepare again"
         )
     return Dataset(images=images, records=records, skipped=skipped, cache_dir=cache_dir)
-
-
-def _write_csv(path: Path, header: Sequence[str], rows) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 _TARGET: np.ndarray | None = None  # the shared output array, inherited by forked workers

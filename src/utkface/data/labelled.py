@@ -2,11 +2,17 @@
 
     utkface prepare --data PHOTOS --labels labels.csv [--faces auto|detect|aligned]
 
-The CSV has a header row with the columns `file, age, gender` and optionally `race`:
+The CSV has a header row with the columns `file, gender`, the age as `age` or as an interval
+`age_min, age_max` (or both columns), and optionally `race`:
 - `file`: the photo's path inside PHOTOS (as `a/b.jpg`);
 - `age`: years, 0..116 (a fraction is rounded to whole years, as the model's age classes are);
+- `age_min`, `age_max`: an age bin, both ends inclusive (FairFace's 20-29, ...), used for rows
+  whose `age` is empty; an upper end past 116 (FairFace's "70-120") is cut to 116, the last age
+  the model knows. Such a record has `age` -1 (`names.UNKNOWN_AGE`) and trains and is scored on
+  its interval (`training.losses.interval_nll`, `evaluation.age_bins`);
 - `gender`: `0`/`1`, `male`/`female`, `m`/`f` (any case; 0 = male, 1 = female);
-- `race`: `0`..`4` or a name (White, Black, Asian, Indian, Others; any case), empty = unknown.
+- `race`: `0`..`4` or a name (White, Black, Asian, Indian, Others; any case), empty = unknown;
+- any other column (FairFace's `race7`) is kept with each record (`Record.extra`) for reports.
 
 Every photo becomes one face crop like UTKFace's, with the public API of `faces`: `aligned`
 takes the photo as it is (already a crop, decoded exactly like the UTKFace files), `detect`
@@ -34,10 +40,13 @@ from utkface.runtime import faces as face_finder
 from utkface.runtime import images as image_io
 from utkface.runtime import landmarks
 from utkface.runtime.errors import UtkfaceError
-from utkface.runtime.names import MAX_AGE, RACES, UNKNOWN_RACE, Label, LabelError
+from utkface.runtime.names import MAX_AGE, RACES, UNKNOWN_AGE, UNKNOWN_RACE, Label, LabelError
 from utkface.runtime.predict import check_mode  # the modes of `utkface predict --faces`
 
-REQUIRED = ("file", "age", "gender")
+REQUIRED = ("file", "gender")
+AGE_COLUMNS = (("age",), ("age_min", "age_max"))  # one of these sets
+KNOWN = ("file", "age", "age_min", "age_max", "gender", "race")
+LABEL_FORMAT = 2  # in the cache key: 2 = intervals and extra columns kept in the manifest
 GENDER_WORDS = {"0": 0, "1": 1, "male": 0, "female": 1, "m": 0, "f": 1}
 RACE_WORDS = {name.lower(): index for index, name in enumerate(RACES)} | {"other": 4}
 
@@ -60,10 +69,13 @@ def read_labels(path: str | os.PathLike) -> tuple[dict[str, Label], list]:
     reader = csv.DictReader(io.StringIO(text))
     header = [name.strip().lower() for name in reader.fieldnames or []]
     missing = [name for name in REQUIRED if name not in header]
+    if not any(all(name in header for name in names) for names in AGE_COLUMNS):
+        missing.append("age (or age_min and age_max)")
     if missing:
         raise LabelsError(
-            f"{path}: missing column(s) {', '.join(missing)}; the header must name "
-            f"file, age, gender and optionally race (found: {', '.join(header) or 'nothing'})"
+            f"{path}: missing column(s) {', '.join(missing)}; the header must name file, "
+            f"age or age_min and age_max, gender and optionally race "
+            f"(found: {', '.join(header) or 'nothing'})"
         )
     reader.fieldnames = header
     table: dict[str, Label] = {}
@@ -90,12 +102,25 @@ def read_labels(path: str | os.PathLike) -> tuple[dict[str, Label], list]:
 def parse_row(row: dict) -> Label:
     """The Label of one CSV row (keys lower-case); `LabelError` names the bad field."""
     age_text = (row.get("age") or "").strip()
-    try:
-        age = round(float(age_text))
-    except (ValueError, OverflowError):  # "abc", "nan", "inf"
-        raise LabelError(f"age {age_text!r} is not a number") from None
-    if not 0 <= age <= MAX_AGE:
-        raise LabelError(f"age {age_text} outside 0..{MAX_AGE}")
+    low_text, high_text = ((row.get(key) or "").strip() for key in ("age_min", "age_max"))
+    if age_text:
+        age = _years(age_text, "age")
+        if not 0 <= age <= MAX_AGE:
+            raise LabelError(f"age {age_text} outside 0..{MAX_AGE}")
+        low = high = age
+    elif low_text and high_text:
+        age, low, high = UNKNOWN_AGE, _years(low_text, "age_min"), _years(high_text, "age_max")
+        if low > high:
+            raise LabelError(f"age_min {low_text} > age_max {high_text}")
+        if not 0 <= low <= MAX_AGE:
+            raise LabelError(f"age_min {low_text} outside 0..{MAX_AGE}")
+        high = min(high, MAX_AGE)
+        if low == high:  # a one-year interval is an exact age
+            age = low
+    elif low_text or high_text:
+        raise LabelError("an age interval needs both age_min and age_max")
+    else:
+        raise LabelError("no age: neither age nor age_min and age_max")
     gender_text = (row.get("gender") or "").strip()
     if gender_text.lower() not in GENDER_WORDS:
         raise LabelError(f"gender {gender_text!r} is not 0/1, male/female or m/f")
@@ -107,7 +132,18 @@ def parse_row(row: dict) -> Label:
             raise LabelError(
                 f"race {race_text!r} is not 0..{len(RACES) - 1}, {', '.join(RACES)} or empty"
             )
-    return Label(age=age, gender=GENDER_WORDS[gender_text.lower()], race=race)
+    extra = tuple(
+        (key, (value or "").strip()) for key, value in row.items() if key not in KNOWN and key
+    )
+    gender = GENDER_WORDS[gender_text.lower()]
+    return Label(age, gender, race, age_min=low, age_max=high, extra=extra)
+
+
+def _years(text: str, column: str) -> int:
+    try:
+        return round(float(text))
+    except (ValueError, OverflowError):  # "abc", "nan", "inf"
+        raise LabelError(f"{column} {text!r} is not a number") from None
 
 
 def face_crop(payload: bytes, size: int, faces: str = "auto") -> np.ndarray:
@@ -193,13 +229,15 @@ def cache_settings(labels: str | os.PathLike, faces: str) -> dict:
         content = path.read_bytes()
     except OSError as error:
         raise LabelsError(f"{path}: cannot read labels file ({error.strerror or error})") from error
-    # a new crop recipe crops again
-    crop_code = b"".join(Path(module.__file__).read_bytes() for module in (face_finder, landmarks))
-    return {
+    settings = {
         "labels": hashlib.sha256(content).hexdigest()[:16],
+        "label_format": LABEL_FORMAT,
         "faces": faces,
-        "crop_code": hashlib.sha256(crop_code).hexdigest()[:16],
     }
+    if faces != "aligned":  # a new crop recipe crops again; `aligned` only decodes
+        crop_code = b"".join(Path(m.__file__).read_bytes() for m in (face_finder, landmarks))
+        settings["crop_code"] = hashlib.sha256(crop_code).hexdigest()[:16]
+    return settings
 
 
 def _normal(name: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,16 @@ def unique_names(specs: list[SourceSpec]) -> list[str]:
             name, count = f"{spec.name}-{count}", count + 1
         names.append(name)
     return names
+
+
+def column_names(names: Sequence[str]) -> dict[str, str]:
+    """`{source name: short key}` for metric columns and `--mix`: the name's first word in
+    lower case (`UTKFace` -> `utkface`, `fairface-train-40k` -> `fairface`), or the whole name
+    in lower case with `_` between its words where two sources share a first word."""
+    words = {name: re.findall(r"[a-z0-9]+", name.lower()) or ["source"] for name in names}
+    firsts = [parts[0] for parts in words.values()]
+    unique = len(set(firsts)) == len(firsts)
+    return {name: parts[0] if unique else "_".join(parts) for name, parts in words.items()}
 
 
 def _parse_one(text: str, faces: str) -> SourceSpec:

@@ -33,7 +33,7 @@ import numpy as np
 
 from utkface.data import dataset as data_module
 from utkface.data.multisource import parse_sources, prepare_sources, scan_sources
-from utkface.evaluation import metrics, plots
+from utkface.evaluation import age_bins, metrics, plots
 from utkface.evaluation.report import markdown
 from utkface.runtime.atomic import atomic_write
 from utkface.runtime.backends import load_backend, predict_batches
@@ -44,6 +44,7 @@ from utkface.runtime.names import RACES
 REPORT_VERSION = 1
 ALL = "all"
 SPLIT_CHOICES = (*data_module.SPLITS, ALL)
+AGE_RANGE = ("age_low", "age_high")
 SKIPPED_LISTED = 200  # report.json lists at most this many skipped files (all are counted)
 
 
@@ -204,6 +205,7 @@ def load_evalset(
             f"({loaded.seen} files seen, {len(loaded.skipped)} skipped)"
         )
     labels = loaded.labels(indices)
+    labels.update(loaded.extras(indices))  # extra label columns (race7): groups of the report
     if any(loaded.records[i].source for i in indices):  # several sources: metrics per source
         labels["source"] = np.array([loaded.records[i].source for i in indices], dtype=object)
     return EvalSet(
@@ -226,15 +228,17 @@ def build_report(labels: dict, predictions: dict) -> dict:
         for task, key in (("age", "age"), ("gender", "gender_prob"), ("race", "race_prob"))
         if key in predictions
     ]
-    age = gender = race = None
-    if "age" in tasks:
+    age = gender = race = bins = None
+    exact = ~age_bins.is_interval(labels)  # age MAE on exact ages; bins score the intervals
+    if "age" in tasks and exact.any():
         age = metrics.age_metrics(
-            labels["age"],
-            predictions["age"],
-            predictions.get("age_low"),
-            predictions.get("age_high"),
+            labels["age"][exact],
+            predictions["age"][exact],
+            *(predictions[key][exact] if key in predictions else None for key in AGE_RANGE),
             nominal=INTERVAL[1] - INTERVAL[0],
         )
+    if "age" in tasks:
+        bins = age_bins.bin_metrics(labels, predictions)
     if "gender" in tasks:
         gender = metrics.gender_metrics(labels["gender"], predictions["gender_prob"])
     if "race" in tasks:
@@ -245,6 +249,7 @@ def build_report(labels: dict, predictions: dict) -> dict:
         "n": int(len(labels["age"])),
         "tasks": tasks,
         "age": age,
+        "age_bins": bins,
         "gender": gender,
         "race": race,
         "breakdowns": breakdowns,
@@ -276,11 +281,14 @@ def _data_block(evalset: EvalSet) -> dict:
 
 def _write_predictions(path: Path, evalset: EvalSet, predictions: dict) -> None:
     columns = [key for key in ("age", "age_low", "age_high", "gender_prob") if key in predictions]
-    header = ["file", "age", "gender", "race"] + [f"pred_{key}" for key in columns]
+    known = ["age", "gender", "race"]
+    if age_bins.is_interval(evalset.labels).any():  # the bins beside age -1
+        known += ["age_min", "age_max"]
+    header = ["file", *known] + [f"pred_{key}" for key in columns]
     header += ["pred_race"] if "race_prob" in predictions else []
     rows = []
     for i, file in enumerate(evalset.files):
-        row = [file] + [int(evalset.labels[key][i]) for key in ("age", "gender", "race")]
+        row = [file] + [int(evalset.labels[key][i]) for key in known]
         row += [f"{float(predictions[key][i]):.4f}" for key in columns]
         if "race_prob" in predictions:
             row.append(RACES[int(np.argmax(predictions["race_prob"][i]))])

@@ -18,7 +18,7 @@ from utkface.evaluation.report import fairness_table
 from utkface.runtime.atomic import atomic_write
 
 FILE = "fairness.csv"
-COLUMNS = ("epoch", "weights", "table", "group", "n", "mae", "bias", "gender_accuracy")
+COLUMNS = ("epoch", "weights", "table", "group", "n", "age_n", "mae", "bias", "gender_accuracy")
 TABLES = ("race_age", "race")  # breakdowns kept: race x age band cells, and races
 
 
@@ -76,8 +76,9 @@ def table_text(run_dir: str | Path, epoch: int, weights: str) -> str:
 
 def _parse(row: dict) -> dict:
     """A CSV row back into a `metrics.group_table` row."""
-    number = {key: None if row[key] == "" else float(row[key]) for key in COLUMNS[5:]}
-    return {"group": row["group"], "n": int(row["n"]), **number}
+    number = {key: None if row[key] == "" else float(row[key]) for key in COLUMNS[-3:]}
+    n = int(row["n"])  # age_n: exact ages among them (files from before age bins: all)
+    return {"group": row["group"], "n": n, "age_n": int(row.get("age_n") or n), **number}
 
 
 def _cell(value):

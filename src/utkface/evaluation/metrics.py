@@ -6,7 +6,9 @@ NaN, and every block carries the sample count `n` it was computed on. Nothing he
 so `evaluate`, training's validation and the tests all share these exact definitions.
 
 Conventions: gender 0 = male, 1 = female, scored from P(female) thresholded at 0.5; race 0..4
-with -1 = unknown (left out of race accuracy, its own "unknown" group in breakdowns).
+with -1 = unknown (left out of race accuracy, its own "unknown" group in breakdowns). Age -1 is
+an age bin (`age_min..age_max`, scored by `age_bins`): MAE and bias leave it out (`age_n` counts
+a group's exact ages, which rank MAE gaps), and its band is its interval's (`names.band_ages`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from utkface.runtime.names import (
     GENDERS,
     RACES,
     UNKNOWN_RACE,
+    band_ages,
     band_index,
 )
 
@@ -193,7 +196,8 @@ def group_names(labels: dict, by: str) -> tuple[np.ndarray, list[str]]:
     (including groups with no samples)."""
     if by in ("age_band", "fairness_band"):
         bands = AGE_BANDS if by == "age_band" else FAIRNESS_BANDS
-        index = band_index(labels["age"], bands)
+        ages = band_ages(*(labels.get(key, labels["age"]) for key in ("age_min", "age_max")))
+        index = band_index(ages, bands)
         order = [name for name, _, _ in bands]
         return np.array(order, dtype=object)[index], order
     if by == "gender":
@@ -207,8 +211,9 @@ def group_names(labels: dict, by: str) -> tuple[np.ndarray, list[str]]:
         inner, inner_order = group_names(labels, second)
         order = [f"{race}/{name}" for race in race_order for name in inner_order]
         return np.array([f"{r}/{g}" for r, g in zip(races, inner)], dtype=object), order
-    if by == "source":  # sources in order of first appearance
-        names = np.asarray(labels["source"], dtype=object)
+    if by in _named(labels):  # source, race7, ...
+        names = np.asarray(labels[by], dtype=object)  # in order of first appearance
+        names = np.where(names == "", UNKNOWN, names)
         return names, list(dict.fromkeys(names.tolist()))
     raise ValueError(f"unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
 
@@ -229,9 +234,9 @@ def group_table(labels: dict, predictions: dict, by: str, min_n: int = 1) -> dic
 
 
 def breakdowns(labels: dict, predictions: dict, min_n: int = 1) -> dict:
-    """`group_table` for every grouping in GROUPINGS, and by source when `labels` has a
-    "source" array (one name per sample) naming more than one."""
-    groupings = GROUPINGS + (("source",) if len(set(labels.get("source", ()))) > 1 else ())
+    """`group_table` for every grouping in GROUPINGS, and by every column of names (object
+    arrays: "source", an extra labels column such as "race7") that names more than one group."""
+    groupings = GROUPINGS + tuple(k for k in _named(labels) if len(set(labels[k])) > 1)
     return {by: group_table(labels, predictions, by, min_n) for by in groupings}
 
 
@@ -242,7 +247,7 @@ def fairness(tables: dict, min_n: int = MIN_GROUP_N) -> dict:
     cells = [
         row
         for row in tables["race_age"]["rows"]
-        if row["n"] >= max(min_n, 1) and row["bias"] is not None
+        if row["age_n"] >= max(min_n, 1) and row["bias"] is not None
         if not row["group"].startswith(UNKNOWN + "/")
     ]
     worst = max(cells, key=lambda row: abs(row["bias"]), default=None)
@@ -259,11 +264,17 @@ def fairness(tables: dict, min_n: int = MIN_GROUP_N) -> dict:
     }
 
 
+def _named(labels: dict) -> list[str]:
+    """The label columns of names (strings), not numbers: source, extra CSV columns."""
+    return [key for key, value in labels.items() if np.asarray(value).dtype.kind in "OUS"]
+
+
 def _group_row(name: str, inside: np.ndarray, labels: dict, predictions: dict) -> dict:
-    n = int(inside.sum())
-    row = {"group": name, "n": n, "mae": None, "bias": None, "gender_accuracy": None}
+    n, exact = int(inside.sum()), inside & (labels["age"] >= 0)
+    row = {"group": name, "n": n, "age_n": int(exact.sum()), "mae": None, "bias": None}
+    row["gender_accuracy"] = None
     if "age" in predictions:
-        error = np.asarray(predictions["age"], dtype=np.float64)[inside] - labels["age"][inside]
+        error = np.asarray(predictions["age"], dtype=np.float64)[exact] - labels["age"][exact]
         row["mae"], row["bias"] = _mean(np.abs(error)), _mean(error)
     if "gender_prob" in predictions:
         predicted = np.asarray(predictions["gender_prob"])[inside] >= 0.5
@@ -272,9 +283,11 @@ def _group_row(name: str, inside: np.ndarray, labels: dict, predictions: dict) -
 
 
 def _gap(rows: list[dict], metric: str, min_n: int, higher_is_better: bool) -> dict | None:
-    """Best and worst group by `metric` among groups with n >= min_n; None with fewer than two."""
+    """Best and worst group by `metric` among groups with n >= min_n (for MAE, exact ages:
+    `age_n`); None with fewer than two."""
+    count = "age_n" if metric == "mae" else "n"
     ranked = sorted(
-        (row for row in rows if row["n"] >= max(min_n, 1) and row[metric] is not None),
+        (row for row in rows if row[count] >= max(min_n, 1) and row[metric] is not None),
         key=lambda row: row[metric],
         reverse=higher_is_better,
     )
@@ -284,10 +297,10 @@ def _gap(rows: list[dict], metric: str, min_n: int, higher_is_better: bool) -> d
     return {
         "best": best["group"],
         "best_value": best[metric],
-        "best_n": best["n"],
+        "best_n": best[count],
         "worst": worst["group"],
         "worst_value": worst[metric],
-        "worst_n": worst["n"],
+        "worst_n": worst[count],
         "gap": abs(best[metric] - worst[metric]),
         "min_n": min_n,
     }

@@ -49,14 +49,16 @@ def write_plots(
         written[name] = PLOT_FILES[name]
 
     if report.get("age") and report["age"]["n"]:
-        save("age_scatter", age_scatter(labels["age"], predictions["age"]))
+        exact = np.asarray(labels["age"]) >= 0  # interval labels (age -1) have no age error
+        save("age_scatter", age_scatter(labels["age"][exact], predictions["age"][exact]))
         save("age_bands", age_bands(report["breakdowns"]["age_band"]["rows"]))
         save("cs_curve", cs_curve(report["age"]["cs"], report["age"]["n"]))
         save(
             "fairness_bias",
             bias_heatmap(report["breakdowns"]["race_age"]["rows"], report["fairness"]["min_n"]),
         )
-        worst = np.argsort(-np.abs(predictions["age"] - labels["age"]), kind="stable")
+        error = np.where(exact, np.abs(predictions["age"] - labels["age"]), -1.0)
+        worst = np.argsort(-error, kind="stable")
         worst = worst[:WORST_COUNT]
         save(
             "worst_age",
@@ -285,7 +287,10 @@ def _captions(indices: np.ndarray, labels: dict, predictions: dict) -> list[str]
     captions = []
     for i in indices:
         race = int(labels["race"][i])
-        truth = f"true {int(labels['age'][i])} {GENDERS[int(labels['gender'][i])][0].upper()}"
+        age = int(labels["age"][i])
+        if age < 0:  # an interval label
+            age = f"{int(labels['age_min'][i])}-{int(labels['age_max'][i])}"
+        truth = f"true {age} {GENDERS[int(labels['gender'][i])][0].upper()}"
         truth += f" {RACES[race] if race != UNKNOWN_RACE else '?'}"
         guess = []
         if "age" in predictions:
@@ -310,6 +315,7 @@ def training_curves(history: list[dict]) -> Figure:
             "validation gender accuracy",
             {"val_gender_acc": "weights", "val_ema_gender_acc": "average"},
         ),
+        ("validation age bin accuracy", {"val_bin_acc": "weights", "val_ema_bin_acc": "average"}),
     ]
     present = {key for row in history for key in row}
     panels = [(title, lines) for title, lines in panels if present & set(lines)]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from utkface.evaluation import metrics
+from utkface.evaluation import age_bins, metrics
+from utkface.evaluation.tables import num, pct, points, text_table
 from utkface.runtime.names import FAIRNESS_BANDS, RACES
 
 
@@ -17,35 +18,37 @@ def summary(report: dict) -> str:
     ]
     if age:
         line = (
-            f"age     n={age['n']}  MAE {_num(age['mae'])}  RMSE {_num(age['rmse'])}  "
-            f"MedAE {_num(age['median_ae'])}  bias {_num(age['bias'], signed=True)}  "
-            f"CS@5 {_pct(age['cs']['5'])}"
+            f"age     n={age['n']}  MAE {num(age['mae'])}  RMSE {num(age['rmse'])}  "
+            f"MedAE {num(age['median_ae'])}  bias {num(age['bias'], signed=True)}  "
+            f"CS@5 {pct(age['cs']['5'])}"
         )
         if age["interval"]:
             line += (
-                f"  {_pct(age['interval']['nominal'], 0)} interval covers "
-                f"{_pct(age['interval']['coverage'])}"
+                f"  {pct(age['interval']['nominal'], 0)} interval covers "
+                f"{pct(age['interval']['coverage'])}"
             )
         lines.append(line)
     if gender:
         lines.append(
-            f"gender  n={gender['n']}  acc {_pct(gender['accuracy'])}  balanced "
-            f"{_pct(gender['balanced_accuracy'])}  AUC {_num(gender['roc_auc'], 3)}  log-loss "
-            f"{_num(gender['log_loss'], 3)}  ECE {_num(gender['ece'], 3)}"
+            f"gender  n={gender['n']}  acc {pct(gender['accuracy'])}  balanced "
+            f"{pct(gender['balanced_accuracy'])}  AUC {num(gender['roc_auc'], 3)}  log-loss "
+            f"{num(gender['log_loss'], 3)}  ECE {num(gender['ece'], 3)}"
         )
     if race:
         lines.append(
-            f"race    n={race['n']}  acc {_pct(race['accuracy'])}  "
+            f"race    n={race['n']}  acc {pct(race['accuracy'])}  "
             f"({race['n_unknown']} of unknown race left out)"
         )
-    lines += _table(
+    lines += text_table(
         ["age band", "n", "MAE", "bias", "gender acc"],
         _group_cells(report["breakdowns"]["age_band"]["rows"]),
         markdown=False,
     )
     if "source" in report["breakdowns"]:
         rows = _group_cells(report["breakdowns"]["source"]["rows"])
-        lines += _table(["source", "n", "MAE", "bias", "gender acc"], rows, markdown=False)
+        lines += text_table(["source", "n", "MAE", "bias", "gender acc"], rows, markdown=False)
+    if report.get("age_bins"):  # faces labelled with an age bin
+        lines += age_bins.bin_lines(report["age_bins"], report["breakdowns"], markdown=False)
     lines += _gap_lines(report["breakdowns"])
     if report.get("corruptions"):
         lines += corruption_table(report["corruptions"], markdown=False)
@@ -73,35 +76,38 @@ def markdown(report: dict) -> str:
         age = report["age"]
         lines += ["## Age", ""]
         rows = [
-            ["MAE", _num(age["mae"])],
-            ["RMSE", _num(age["rmse"])],
-            ["median absolute error", _num(age["median_ae"])],
-            ["bias (predicted - true)", _num(age["bias"], signed=True)],
-            ["CS@5 (within 5 years)", _pct(age["cs"]["5"])],
+            ["MAE", num(age["mae"])],
+            ["RMSE", num(age["rmse"])],
+            ["median absolute error", num(age["median_ae"])],
+            ["bias (predicted - true)", num(age["bias"], signed=True)],
+            ["CS@5 (within 5 years)", pct(age["cs"]["5"])],
         ]
         if age["interval"]:
             interval = age["interval"]
             rows.append(
                 [
-                    f"coverage of the {_pct(interval['nominal'], 0)} interval",
-                    _pct(interval["coverage"]),
+                    f"coverage of the {pct(interval['nominal'], 0)} interval",
+                    pct(interval["coverage"]),
                 ]
             )
-            rows.append(["mean interval width (years)", _num(interval["mean_width"], 1)])
-        lines += _table(["metric", f"value (n={age['n']})"], rows) + [""]
-        lines += _table(["k (years)", *age["cs"]], [["CS@k", *map(_pct, age["cs"].values())]])
+            rows.append(["mean interval width (years)", num(interval["mean_width"], 1)])
+        lines += text_table(["metric", f"value (n={age['n']})"], rows) + [""]
+        lines += text_table(["k (years)", *age["cs"]], [["CS@k", *map(pct, age["cs"].values())]])
         lines += [""] + _images(shown, ("age_scatter", "age_bands", "cs_curve", "worst_age"))
+    if report.get("age_bins"):
+        lines += ["## Age bins", ""]
+        lines += age_bins.bin_lines(report["age_bins"], report["breakdowns"]) + [""]
     if report["gender"]:
         gender = report["gender"]
         lines += ["## Gender", ""]
         rows = [
-            ["accuracy", _pct(gender["accuracy"])],
-            ["balanced accuracy", _pct(gender["balanced_accuracy"])],
-            ["ROC-AUC", _num(gender["roc_auc"], 4)],
-            ["log-loss", _num(gender["log_loss"], 4)],
-            [f"ECE ({len(gender['reliability'])} bins)", _num(gender["ece"], 4)],
+            ["accuracy", pct(gender["accuracy"])],
+            ["balanced accuracy", pct(gender["balanced_accuracy"])],
+            ["ROC-AUC", num(gender["roc_auc"], 4)],
+            ["log-loss", num(gender["log_loss"], 4)],
+            [f"ECE ({len(gender['reliability'])} bins)", num(gender["ece"], 4)],
         ]
-        lines += _table(["metric", f"value (n={gender['n']})"], rows) + [""]
+        lines += text_table(["metric", f"value (n={gender['n']})"], rows) + [""]
         lines += _class_table(gender, ["male", "female"]) + [""]
         lines += [f"- note: {note}" for note in gender["notes"]]
         lines += _images(shown, ("gender_confusion", "reliability", "worst_gender"))
@@ -110,12 +116,12 @@ def markdown(report: dict) -> str:
         lines += [
             "## Race",
             "",
-            f"Accuracy {_pct(race['accuracy'])} over n={race['n']} "
+            f"Accuracy {pct(race['accuracy'])} over n={race['n']} "
             f"images of known race ({race['n_unknown']} unknown left out).",
             "",
         ]
         lines += _class_table(race, list(RACES)) + [""]
-        lines += _table(
+        lines += text_table(
             ["true \\ predicted", *RACES],
             [[name, *row] for name, row in zip(RACES, race["confusion"])],
         ) + [""]
@@ -136,7 +142,9 @@ def markdown(report: dict) -> str:
         if by not in titles:  # race_age: the fairness section's own table
             continue
         lines += [f"### {titles[by]}", ""]
-        lines += _table(["group", "n", "MAE", "bias", "gender acc"], _group_cells(table["rows"]))
+        lines += text_table(
+            ["group", "n", "MAE", "bias", "gender acc"], _group_cells(table["rows"])
+        )
         lines += [""] + [f"- {line}" for line in _gap_lines({by: table}, unranked=True)] + [""]
     if report.get("corruptions"):
         lines += [
@@ -163,12 +171,12 @@ def fairness_line(fairness: dict) -> str:
     worst = f" ({cell['group']}, n={cell['n']})" if cell else ""
     races = ""
     if gap:
-        races = f" ({gap['best']} {_pct(gap['best_value'])}, {gap['worst']} "
-        races += f"{_pct(gap['worst_value'])})"
+        races = f" ({gap['best']} {pct(gap['best_value'])}, {gap['worst']} "
+        races += f"{pct(gap['worst_value'])})"
     return (
         f"fairness (groups with n >= {fairness['min_n']}): max |age bias| "
-        f"{_num(fairness['max_abs_bias'])}{worst}, gender accuracy gap between races "
-        f"{_pct(fairness['gender_gap'])}{races}"
+        f"{num(fairness['max_abs_bias'])}{worst}, gender accuracy gap between races "
+        f"{pct(fairness['gender_gap'])}{races}"
     )
 
 
@@ -193,21 +201,22 @@ def fairness_table(cell_rows: list[dict], race_rows: list[dict], markdown=True) 
     cells = {row["group"]: row for row in cell_rows}
 
     def show(row: dict) -> str:
-        if not row["n"]:
+        n = row.get("age_n", row["n"])  # exact ages only: an age bin has no age error
+        if not n:
             return "-"
-        return f"{_num(row['bias'], signed=True)} / {_num(row['mae'])} ({row['n']})"
+        return f"{num(row['bias'], signed=True)} / {num(row['mae'])} ({n})"
 
     rows = [
         [
             race["group"],
             *(show(cells[f"{race['group']}/{band}"]) for band, _, _ in FAIRNESS_BANDS),
-            f"{_pct(race['gender_accuracy'])} ({race['n']})",
+            f"{pct(race['gender_accuracy'])} ({race['n']})",
         ]
         for race in race_rows
         if race["n"]
     ]
     header = ["race", *(f"{band}: bias / MAE (n)" for band, _, _ in FAIRNESS_BANDS)]
-    return _table([*header, "gender acc (n)"], rows, markdown=markdown)
+    return text_table([*header, "gender acc (n)"], rows, markdown=markdown)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,10 +229,10 @@ def corruption_table(result: dict, markdown: bool = True) -> list[str]:
     rows = [
         [
             row["condition"],
-            _num(row.get("age_mae")),
-            _num(row.get("age_mae_increase"), signed=True),
-            _pct(row.get("gender_acc")),
-            _points(row.get("gender_acc_change")),
+            num(row.get("age_mae")),
+            num(row.get("age_mae_increase"), signed=True),
+            pct(row.get("gender_acc")),
+            points(row.get("gender_acc_change")),
         ]
         for row in result["rows"]
     ]
@@ -231,17 +240,13 @@ def corruption_table(result: dict, markdown: bool = True) -> list[str]:
         [
             "mean of conditions",
             "",
-            _num(result.get("mean_age_mae_increase"), signed=True),
+            num(result.get("mean_age_mae_increase"), signed=True),
             "",
-            _points(result.get("mean_gender_acc_change")),
+            points(result.get("mean_gender_acc_change")),
         ]
     )
     header = ["condition", "age MAE", "change", "gender acc", "change (points)"]
-    return _table(header, rows, markdown)
-
-
-def _points(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:+.1f}"
+    return text_table(header, rows, markdown)
 
 
 def _describe_data(data: dict) -> str:
@@ -258,9 +263,9 @@ def _group_cells(rows: list[dict]) -> list[list[str]]:
         [
             row["group"],
             str(row["n"]),
-            _num(row["mae"]),
-            _num(row["bias"], signed=True),
-            _pct(row["gender_accuracy"]),
+            num(row["mae"]),
+            num(row["bias"], signed=True),
+            pct(row["gender_accuracy"]),
         ]
         for row in rows
     ]
@@ -279,7 +284,7 @@ def _gap_lines(tables: dict, unranked: bool = False) -> list[str]:
                         f"n >= {metrics.MIN_GROUP_N} and a value)"
                     )
                 continue
-            show = _pct if metric == "gender_accuracy" else _num
+            show = pct if metric == "gender_accuracy" else num
             lines.append(
                 f"{label}: {show(gap['gap'])}, best {gap['best']} ({show(gap['best_value'])}, "
                 f"n={gap['best_n']}), worst {gap['worst']} ({show(gap['worst_value'])}, "
@@ -293,40 +298,12 @@ def _class_table(block: dict, names: list[str]) -> list[str]:
         [
             name,
             str(block["per_class"][name]["n"]),
-            *(_pct(block["per_class"][name][key]) for key in ("precision", "recall", "f1")),
+            *(pct(block["per_class"][name][key]) for key in ("precision", "recall", "f1")),
         ]
         for name in names
     ]
-    return _table(["class", "n", "precision", "recall", "F1"], rows)
+    return text_table(["class", "n", "precision", "recall", "F1"], rows)
 
 
 def _images(shown: dict, names: tuple[str, ...]) -> list[str]:
     return [f"![{name}]({shown[name]})\n" for name in names if name in shown]
-
-
-def _table(header: list[str], rows: list[list], markdown: bool = True) -> list[str]:
-    cells = [[str(cell) for cell in row] for row in [header, *rows]]
-    if markdown:
-        return (
-            ["| " + " | ".join(row) + " |" for row in cells[:1]]
-            + ["|" + "|".join("---" for _ in header) + "|"]
-            + ["| " + " | ".join(row) + " |" for row in cells[1:]]
-        )
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return [
-        "  ".join(
-            cell.rjust(width) if i else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths))
-        )
-        for row in cells
-    ]
-
-
-def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _pct(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{100 * value:.{digits}f}%"

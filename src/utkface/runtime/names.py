@@ -18,6 +18,7 @@ NUM_AGES = MAX_AGE + 1
 GENDERS = ("male", "female")  # index = label
 RACES = ("White", "Black", "Asian", "Indian", "Others")  # index = label
 UNKNOWN_RACE = -1
+UNKNOWN_AGE = -1  # `age` of an interval label (an age bin): only age_min..age_max is known
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # Leading fields: age, gender and (optionally) race, then whatever the datetime part is.
@@ -30,9 +31,25 @@ class LabelError(UtkfaceError, ValueError):
 
 @dataclass(frozen=True)
 class Label:
+    """One face's labels. An exact age has `age_min == age_max == age` (filled in from `age`);
+    an interval label (an age bin, both ends inclusive) has `age == UNKNOWN_AGE`."""
+
     age: int
     gender: int
     race: int  # UNKNOWN_RACE when the name has no race field
+    age_min: int = UNKNOWN_AGE
+    age_max: int = UNKNOWN_AGE
+    extra: tuple[tuple[str, str], ...] = ()  # other columns of a labels CSV, for reporting
+
+    def __post_init__(self):
+        fill_exact_interval(self)
+
+
+def fill_exact_interval(label) -> None:
+    """Give an exact label (frozen dataclass with `age`, `age_min`, `age_max`) its interval."""
+    if label.age != UNKNOWN_AGE and label.age_min == UNKNOWN_AGE:
+        object.__setattr__(label, "age_min", label.age)
+        object.__setattr__(label, "age_max", label.age)
 
 
 def parse_name(name: str) -> Label:
@@ -84,6 +101,12 @@ def band_index(ages, bands=FAIRNESS_BANDS) -> np.ndarray:
     """Each age's position in `bands` (`AGE_BANDS` or `FAIRNESS_BANDS`), as ints."""
     lows = np.array([low for _, low, _ in bands])
     return np.searchsorted(lows, np.asarray(ages), side="right") - 1
+
+
+def band_ages(age_min, age_max) -> np.ndarray:
+    """The age that places a label in a band: the age itself for an exact label, the middle
+    (rounded down) of an interval's ends (FairFace's bins each lie inside one `AGE_BANDS` band)."""
+    return (np.asarray(age_min, dtype=np.int64) + np.asarray(age_max, dtype=np.int64)) // 2
 
 
 def age_band(age: int) -> str:

@@ -21,14 +21,16 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from utkface.runtime.errors import OptionError
-from utkface.runtime.names import FAIRNESS_BANDS, RACES, band_index
+from utkface.runtime.names import FAIRNESS_BANDS, RACES, band_ages, band_index
 
 
 def cells(labels: dict) -> np.ndarray:
     """Each sample's race x age band cell as one int: race (unknown = last) x band."""
     race = np.asarray(labels["race"], dtype=np.int64)
     race = np.where((race >= 0) & (race < len(RACES)), race, len(RACES))
-    return race * len(FAIRNESS_BANDS) + band_index(labels["age"], FAIRNESS_BANDS)
+    # an interval label (age -1) is placed by its interval (`names.band_ages`)
+    ages = band_ages(labels.get("age_min", labels["age"]), labels.get("age_max", labels["age"]))
+    return race * len(FAIRNESS_BANDS) + band_index(ages, FAIRNESS_BANDS)
 
 
 def sample_weights(labels: dict, alpha: float) -> np.ndarray:

@@ -56,6 +56,10 @@ class TrainConfig:
     age_l1_weight: float = 0.25  # weight of |E[age] - age| inside the age loss
     ema_decay: float = 0.998  # weight average per step, scored on val with the weights; 0 = off
     balance_alpha: float = 0.0  # draw images with P ~ (race x age band count)^-alpha; 0 = off
+    # share of each source's draws per epoch (`--mix utkface=0.5`), keys as the metric columns
+    # name sources (`multisource.column_names`); sources left out share the rest by size;
+    # {} = in proportion to their sizes (one shuffle of all)
+    source_mix: dict[str, float] = field(default_factory=dict)
     seed: int = 0  # data split, initialisation, shuffling and augmentation
     device: str = "auto"  # auto = cuda if available, else mps, else cpu
     precision: str = "fp32"  # training forward pass: fp32, or bf16 autocast (for GPUs)
@@ -94,6 +98,8 @@ class TrainConfig:
             raise ConfigError(f"balance_alpha must be in [0, 1], got {self.balance_alpha}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"time_budget must be positive minutes, got {self.time_budget}")
+        if any(not 0.0 <= share <= 1.0 for share in self.source_mix.values()):
+            raise ConfigError(f"source_mix shares must lie in [0, 1], got {self.source_mix}")
         bad = [k for k in self.loss_weights if k not in TASKS]
         if bad:
             raise ConfigError(f"unknown loss_weights keys {bad}; choose from {', '.join(TASKS)}")

@@ -24,6 +24,7 @@ def format_metrics(values: dict) -> str:
     names = {
         "mae": "MAE {:.2f}",
         "cs5": "CS@5 {:.1%}",
+        "bin_acc": "bin acc {:.1%}",  # age bins (interval labels)
         "gender_acc": "gender acc {:.2%}",
         "race_acc": "race acc {:.2%}",
         "max_abs_bias": "max |bias| {:.2f}",  # over race x age band cells with n >= 20

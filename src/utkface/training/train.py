@@ -4,13 +4,14 @@
     torchrun --nproc-per-node 2 -m utkface train ...   # DDP, no other change (README: nodes)
 
 A run folder holds `config.json`, `metrics.csv` (one row per epoch) and `curves.png` (its
-plot), `last.pt`, `best.pt` (lowest validation score: age MAE + 20 x gender error rate, i.e. one
-point of gender accuracy is worth 0.2 years) and, at the end, `final_metrics.json` (test metrics
-of the best checkpoint). Each epoch scores the trained weights (`val_*` columns) and their
-moving average (`val_ema_*`, see `ema.py`); `best.pt` holds whichever scored lower. `last.pt`
-also carries the optimizer, average and step, so `resume` continues exactly where a run
-stopped, mid-epoch included: batches and random numbers are functions of the seed, the rank and
-the step (`training/sampling.py`), never state that would need saving.
+plot), `last.pt`, `best.pt` (lowest validation score: age error + 20 x gender error rate, i.e.
+one point of gender accuracy is worth 0.2 years, averaged over the sources: `validation`)
+and, at the end, `final_metrics.json` (test metrics of the best checkpoint). Each epoch
+scores the trained weights (`val_*` columns) and their moving average (`val_ema_*`, see
+`ema.py`); `best.pt` holds whichever scored lower. `last.pt` also carries the optimizer,
+average and step, so `resume` continues exactly where a run stopped, mid-epoch included:
+batches and random numbers are functions of the seed, the rank and the step
+(`training/sampling.py`), never state that would need saving.
 
 This module is the loop; what surrounds it lives in `utkface.training` (see its docstring).
 """
@@ -36,7 +37,7 @@ from utkface.models.checkpoint import init_weights, model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
 from utkface.runtime.atomic import atomic_write
 from utkface.runtime.cpu_threads import CoreShare
-from utkface.training import balance, seed_pair
+from utkface.training import sampling, seed_pair
 from utkface.training.augment import Augment
 from utkface.training.budget import StepClock, TimeBudget
 from utkface.training.config import ConfigError, TrainConfig
@@ -51,7 +52,6 @@ from utkface.training.ema import WeightAverage
 from utkface.training.epoch_log import format_metrics, summary_line, write_epoch_files
 from utkface.training.interrupts import DeferredInterrupt
 from utkface.training.losses import multitask_loss
-from utkface.training.sampling import epoch_batches, step_seed, steps_per_epoch, subset_indices
 from utkface.training.saver import CheckpointSaver, fresh_state
 from utkface.training.schedule import lr_at, make_optimizer
 from utkface.training.trace import RankTrace
@@ -137,17 +137,15 @@ class Trainer:
         self.spec = model_spec(config.model, config.tasks, **options)
         self.tasks = model_tasks(config.model, config.tasks)
         self.split = {
-            name: subset_indices(dataset.indices(name), subset, config.seed)
+            name: sampling.subset_indices(dataset.indices(name), subset, config.seed)
             for name in ("train", "val", "test")
         }
         # Batches are read from the memory-mapped cache (pages shared by every process of a
         # node through the page cache), never copied whole into each rank's memory.
         labels = dataset.labels()
         self.labels = {key: torch.from_numpy(value) for key, value in labels.items()}
-        self.sample_weights = None  # balance_alpha 0: a plain shuffle, as before the option
-        if config.balance_alpha:
-            train_labels = {key: value[self.split["train"]] for key, value in labels.items()}
-            self.sample_weights = balance.sample_weights(train_labels, config.balance_alpha)
+        # None (balance_alpha 0, no source_mix): a plain shuffle, as before the options
+        self.sample_weights = sampling.draw_weights(dataset, self.split["train"], config)
         self.augment = Augment(photo=config.photo_augment) if config.augment else None
         self.validator = Validator(dataset, self.split, self.preprocess, config.eval_batch_size)
         self.clock = StepClock()
@@ -163,7 +161,7 @@ class Trainer:
         config, cluster = self.config, self.cluster
         model, optimizer, saver, state = self._start(resume)
         net = cluster.wrap(model)  # DistributedDataParallel under torchrun
-        steps = steps_per_epoch(len(self.split["train"]), cluster.world, config.batch_size)
+        steps = sampling.steps_per_epoch(len(self.split["train"]), cluster.world, config.batch_size)
         if state["total_steps"] is None and config.time_budget is None:
             state["total_steps"] = config.epochs * steps
         provisional = state["total_steps"] or config.epochs * steps
@@ -236,7 +234,7 @@ class Trainer:
         images per second of all ranks), and the number of steps timed and their seconds
         (`StepClock`: a process's first steps are not timed)."""
         config, cluster, epoch = self.config, self.cluster, state["epoch"]
-        batches = epoch_batches(
+        batches = sampling.epoch_batches(
             self.split["train"],
             epoch,
             config.seed,
@@ -265,7 +263,7 @@ class Trainer:
                 if state["step"] >= total:
                     break
                 rows = batches[state["step_in_epoch"]]
-                seed = step_seed(config.seed, cluster.rank, state["step"])
+                seed = sampling.step_seed(config.seed, cluster.rank, state["step"])
                 if self.trace:
                     self.trace.step(epoch + 1, state["step"] + 1, rows, seed)
                 torch.manual_seed(seed)  # this rank's augmentation and dropout of this step
