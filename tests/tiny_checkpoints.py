@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from utkface.models.checkpoint import model_spec, save_checkpoint
-from utkface.models.preprocess import Preprocess
-from utkface.models.registry import build_model
+from utkface.models.registry import build_model, model_entry
 
 
 def tiny_checkpoint(
@@ -26,13 +25,15 @@ def tiny_checkpoint(
     tasks=("age", "gender"),
     seed: int = 0,
     head_scale: float = 10.0,
+    name: str = "mobilenet_v2",
 ) -> Path:
-    """Write a random-init `mobilenet_v2` checkpoint with batch-norm statistics from `images`
-    (uint8 `(N, size, size, 3)`) and heads scaled by `head_scale` so logits spread over several
-    units (3 gives frame-to-frame age jitter of a few years on video, like a weak model)."""
+    """Write a random-init checkpoint of model `name` (its own preprocessing preset) with
+    batch-norm statistics from `images` (uint8 `(N, size, size, 3)`) and heads scaled by
+    `head_scale` so logits spread over several units (3 gives frame-to-frame age jitter of a
+    few years on video, like a weak model)."""
     torch.manual_seed(seed)
-    model = build_model("mobilenet_v2", tasks, pretrained=False)
-    preprocess = Preprocess(size=size)
+    model = build_model(name, tasks, pretrained=False)
+    preprocess = model_entry(name).preprocess(size)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # a plain average over the calibration batch
@@ -41,5 +42,5 @@ def tiny_checkpoint(
         model(preprocess(images))
         for head in model.heads.values():
             head.weight.mul_(head_scale)
-    save_checkpoint(path, model.eval(), model_spec("mobilenet_v2", tasks), preprocess)
+    save_checkpoint(path, model.eval(), model_spec(name, tasks), preprocess)
     return path

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from utkface.models.preprocess import Preprocess
-from utkface.models.registry import build_model, model_tasks
+from utkface.models.registry import build_model, model_entry, model_tasks
 from utkface.runtime import released
 from utkface.runtime.atomic import atomic_open, atomic_write
 from utkface.runtime.errors import CheckpointError, OptionError
@@ -54,8 +54,14 @@ SAFETENSORS_KEY = "utkface"  # the entry of the safetensors `__metadata__` holdi
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def model_spec(name: str, tasks, **kwargs) -> dict:
-    return {"name": name, "tasks": list(model_tasks(name, tasks)), "kwargs": dict(kwargs)}
+def model_spec(name: str, tasks, pretrained: bool = False, **kwargs) -> dict:
+    """The `model` entry of a checkpoint; a network started from face-pretrained weights also
+    records their file, digest, source, licence and terms (`start`)."""
+    spec = {"name": name, "tasks": list(model_tasks(name, tasks)), "kwargs": dict(kwargs)}
+    weights = model_entry(name).weights
+    if pretrained and weights is not None:
+        spec["start"] = weights.provenance()
+    return spec
 
 
 def save_checkpoint(

@@ -2,6 +2,8 @@
 
 - `mobilenet_v2` (default) and other torchvision backbones: one shared backbone with one head per
   task. Age is a distribution over 0..116, gender one logit of P(female), race five logits.
+- `mobilefacenet`, `hse_mobilenet_v1`: the same heads on backbones pretrained on faces
+  (`face_backbones`), each with its own input normalization and framing.
 - `seed_gender` / `seed_age`: the seed project's two Keras CNNs, layer for layer (200 px input,
   'valid' 3x3 convolutions, MaxPool(3, stride 2), Dropout 0.2, Dense 512).
 
@@ -21,8 +23,16 @@ import torch
 import torchvision
 from torch import nn
 
+from utkface.models.face_backbones import (
+    CAFFE_MEAN,
+    CAFFE_STD,
+    FACE_WEIGHTS,
+    FaceWeights,
+    PretrainedWeightsError,
+    face_backbone,
+)
 from utkface.models.preprocess import Preprocess
-from utkface.runtime.errors import OptionError, UtkfaceError
+from utkface.runtime.errors import OptionError
 from utkface.runtime.model_io import IMAGENET_MEAN, IMAGENET_STD, INTERVAL
 from utkface.runtime.names import NUM_AGES, RACES
 
@@ -37,23 +47,28 @@ BACKBONES = {
     "resnet50": "fc",
 }
 TASK_OUTPUTS = {"age": NUM_AGES, "gender": 1, "race": len(RACES)}
-
-
-class PretrainedWeightsError(UtkfaceError, RuntimeError):
-    """ImageNet weights were asked for but could not be loaded."""
+# MobileFaceNet was trained on ArcFace's 112 px framing; the fraction of a UTKFace crop's side
+# that it sees (the centre), see docs/ARCHITECTURE.md
+MOBILEFACENET_CROP = 1.0
 
 
 class MultiTaskNet(nn.Module):
-    """A torchvision backbone, global-average pooled, with one linear head per task."""
+    """A backbone (torchvision's or a face-pretrained one), global-average pooled, with one
+    linear head per task."""
 
     def __init__(self, backbone: str, tasks: Sequence[str], pretrained: bool, dropout: float = 0.2):
         super().__init__()
-        self.backbone = _torchvision_backbone(backbone, pretrained)
+        if backbone in FACE_WEIGHTS:
+            self.backbone = face_backbone(backbone, pretrained)
+        else:
+            self.backbone = _torchvision_backbone(backbone, pretrained)
         features = _feature_width(self.backbone)
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict(
             {task: nn.Linear(features, TASK_OUTPUTS[task]) for task in tasks}
         )
+        if hasattr(self.backbone, "init_heads"):  # a backbone that came with heads of its own
+            self.backbone.init_heads(self.heads)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.dropout(self.backbone(x))  # (B, F)
@@ -98,9 +113,11 @@ class ModelEntry:
     mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalization (0..1 scale)
     std: tuple[float, float, float] = IMAGENET_STD
     options: tuple[str, ...] = ("dropout",)  # TrainConfig fields passed on to `build`
+    crop: float = 1.0  # the centre fraction of the input's side that the network sees
+    weights: FaceWeights | None = None  # where `pretrained` weights come from, if not torchvision
 
     def preprocess(self, size: int) -> Preprocess:
-        return Preprocess(size, self.mean, self.std)
+        return Preprocess(size, self.mean, self.std, self.crop)
 
 
 def _seed_cnn(widths: Sequence[int], output: str) -> Callable[..., nn.Module]:
@@ -109,6 +126,18 @@ def _seed_cnn(widths: Sequence[int], output: str) -> Callable[..., nn.Module]:
 
 MODELS: dict[str, ModelEntry] = {
     **{name: ModelEntry(partial(MultiTaskNet, name)) for name in BACKBONES},
+    "mobilefacenet": ModelEntry(
+        partial(MultiTaskNet, "mobilefacenet"),
+        crop=MOBILEFACENET_CROP,
+        weights=FACE_WEIGHTS["mobilefacenet"],
+    ),
+    # Caffe-style input: RGB 0..255 minus the mean, not divided
+    "hse_mobilenet_v1": ModelEntry(
+        partial(MultiTaskNet, "hse_mobilenet_v1"),
+        mean=CAFFE_MEAN,
+        std=CAFFE_STD,
+        weights=FACE_WEIGHTS["hse_mobilenet_v1"],
+    ),
     # The seed scaled pixels to 0..1 and had no options.
     "seed_gender": ModelEntry(
         _seed_cnn((36, 64, 128, 256, 512), "gender"), ("gender",), (0.0,) * 3, (1.0,) * 3, ()
@@ -117,7 +146,7 @@ MODELS: dict[str, ModelEntry] = {
         _seed_cnn((128, 128, 256, 512), "age_value"), ("age",), (0.0,) * 3, (1.0,) * 3, ()
     ),
 }
-MODEL_NAMES = tuple(MODELS)  # the backbones, then the seed's two CNNs
+MODEL_NAMES = tuple(MODELS)  # the backbones, the face backbones, then the seed's two CNNs
 
 
 def model_entry(name: str) -> ModelEntry:

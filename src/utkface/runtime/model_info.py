@@ -4,7 +4,8 @@
                                            # models.checkpoint.describe_checkpoint
 
 The file (size, SHA-256, whether it is the released model), the model and its input, the
-training recipe and the validation scores that selected it, and the released model's terms.
+training recipe and the validation scores that selected it, the weights it started from (if
+face-pretrained) and their terms, and the released model's terms.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from utkface.runtime import released
 from utkface.runtime.errors import CheckpointError
+from utkface.runtime.model_io import InputSpec
 from utkface.runtime.onnx_backend import OnnxBackend
 
 RECIPE = ("epochs", "time_budget", "batch_size", "lr", "photo_augment", "balance_alpha", "seed")
@@ -45,11 +47,15 @@ def describe_model(
     name = f"released model {released.NAME}" if is_released else kind
     spec, config, metrics = meta["model"], meta.get("config") or {}, meta.get("metrics") or {}
     preprocess = meta["preprocess"]
-    size = preprocess["size"] if isinstance(preprocess, dict) else preprocess.size
+    if isinstance(preprocess, dict):
+        preprocess = InputSpec.from_dict(preprocess)
+    size = f"{preprocess.size} px"
+    if preprocess.crop != 1.0:
+        size += f" (the network sees its central {preprocess.window[1]} px)"
     count = f"{values / 1e6:.2f} M values ({', '.join(dtypes)}), " if values else ""
     lines = [
         f"{name}: {source} ({len(data) / 1e6:.1f} MB, sha256 {hashlib.sha256(data).hexdigest()})",
-        f"model: {spec['name']}, tasks {', '.join(spec['tasks'])}, {count}input {size} px",
+        f"model: {spec['name']}, tasks {', '.join(spec['tasks'])}, {count}input {size}",
     ]
     recipe = RECIPE
     if config.get("time_budget"):  # the schedule was fitted to the minutes, not to `epochs`
@@ -63,6 +69,12 @@ def describe_model(
             f"selected on val at epoch {meta.get('epoch')} ({weights_kind} weights): "
             f"age MAE {metrics[f'{prefix}mae']:.2f}, gender accuracy "
             f"{100 * metrics[f'{prefix}gender_acc']:.1f}% (scores: MODEL_CARD.md)"
+        )
+    start = spec.get("start")
+    if start:  # fine-tuned from face-pretrained weights, whose terms the weights carry
+        lines.append(
+            f"started from: {start['file']} (sha256 {start['sha256'][:12]}; {start['source']}; "
+            f"licence {start['licence']}); terms: {start['terms']}"
         )
     if is_released:
         lines.append(f"terms: {released.TERMS}")

@@ -32,19 +32,35 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The model's input: square side in pixels and the per-channel normalization (0..1 scale)
-    applied to uint8 RGB (inside the ONNX graph; `models.preprocess.Preprocess` in torch)."""
+    """The model's input: square side in pixels, the per-channel normalization (0..1 scale)
+    applied to uint8 RGB, and the centre fraction of the side the network sees (all inside the
+    ONNX graph; `models.preprocess.Preprocess` in torch)."""
 
     size: int = 128  # square input side in pixels; images are centre-cropped and resized to it
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel mean, on the 0..1 scale
     std: tuple[float, float, float] = IMAGENET_STD  # per-channel std, on the 0..1 scale
+    crop: float = 1.0  # the network sees the central round(crop * size) pixels of each side
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+        values = {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+        if self.crop != 1.0:  # files written before the crop existed, and without one, match
+            values["crop"] = self.crop
+        return values
 
     @classmethod
     def from_dict(cls, values: dict):
-        return cls(size=int(values["size"]), mean=tuple(values["mean"]), std=tuple(values["std"]))
+        return cls(
+            size=int(values["size"]),
+            mean=tuple(values["mean"]),
+            std=tuple(values["std"]),
+            crop=float(values.get("crop", 1.0)),
+        )
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """(first pixel, side) of the central square the network sees."""
+        side = max(1, round(self.crop * self.size))
+        return (self.size - side) // 2, side
 
 
 def decode_age(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -134,7 +134,7 @@ class Trainer:
         entry = model_entry(config.model)
         self.preprocess = entry.preprocess(config.size)
         options = {name: getattr(config, name) for name in entry.options}
-        self.spec = model_spec(config.model, config.tasks, **options)
+        self.spec = model_spec(config.model, config.tasks, config.pretrained, **options)
         self.tasks = model_tasks(config.model, config.tasks)
         self.split = {
             name: sampling.subset_indices(dataset.indices(name), subset, config.seed)
