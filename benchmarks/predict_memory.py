@@ -78,7 +78,7 @@ def write_inputs(folder: Path, inputs: int, images: int = 8, size: int = 64) -> 
         for index in range(inputs):
             link = links / f"{index:06d}.png"
             os.link(paths[index % images], link)
-            lines.write(f"{link}\n")
+            lines.write(f"{link.relative_to(folder)}\n")  # from the manifest's folder
     return manifest
 
 

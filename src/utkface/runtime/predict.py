@@ -134,7 +134,10 @@ class Predictor:
                 queued.append(pool.submit(prepare_input, image, mode, self.size, source))
                 while len(queued) >= window or (queued and queued[0].done()):
                     pending.append(queued.popleft().result())
-                    if sum(len(item.crops) for item in pending) >= self.batch_size:
+                    # a batch of crops, or as many inputs: those without a face (unreadable,
+                    # or no face found) must not pile up here waiting for crops
+                    crops = sum(len(item.crops) for item in pending)
+                    if crops >= self.batch_size or len(pending) >= self.batch_size:
                         yield from self._finish(pending)
                         pending = []
             for future in queued:
