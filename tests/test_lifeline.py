@@ -1,15 +1,18 @@
 """Worker processes end with their parent however it ends (issue 22): the lifeline alone, and
-`utkface predict` (the released ONNX model) killed with `kill -9`."""
+`utkface predict` and `utkface serve --workers 2` (the released ONNX model) killed with
+`kill -9`."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,28 @@ def test_predict_killed_with_sigkill_leaves_no_worker(manifest, tmp_path):
         assert wait_gone(workers) == []
     finally:
         kill_group(run)
+
+
+def test_serve_killed_with_sigkill_leaves_no_worker(tmp_path):
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "utkface", "serve", "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while server.poll() is None and time.monotonic() < deadline:
+            try:  # a worker answers: the workers (and multiprocessing's helper) have started
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        under = descendants(server.pid)
+        assert len(under) >= 2, server.stderr.read().decode()[-2000:] if server.poll() else under
+        server.kill()
+        server.wait()
+        assert wait_gone(under) == []
+    finally:
+        kill_group(server)
