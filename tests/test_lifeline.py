@@ -1,6 +1,6 @@
 """Worker processes end with their parent however it ends (issue 22): the lifeline alone, and
-`utkface predict` and `utkface serve --workers 2` (the released ONNX model) killed with
-`kill -9`."""
+`utkface predict`, `utkface serve --workers 2` (the released ONNX model) and `utkface prepare`
+killed with `kill -9`."""
 
 from __future__ import annotations
 
@@ -114,51 +114,50 @@ def test_hold_ends_a_worker_whose_parent_is_already_gone():
     assert worker.exitcode == ORPHAN_EXIT_CODE
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    """3,000 distinct paths of a few tiny crops: more than the run gets through before it is
-    killed."""
-    return write_inputs(tmp_path_factory.mktemp("inputs"), 3000, images=4)
-
-
-def test_predict_killed_with_sigkill_leaves_no_worker(manifest, tmp_path):
-    command = predict_command(manifest, tmp_path / "out.jsonl", workers=2)
+def kill_when_ready(command: list[str], ready) -> list[int]:
+    """Start `command`, SIGKILL it (its own process only, as the OOM killer does) once
+    `ready(processes under it)`; the processes that were under it and still run `DEADLINE`
+    seconds later."""
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        workers = []
-        while len(workers) < 2 and run.poll() is None and time.monotonic() < deadline:
+        under = []
+        while run.poll() is None and time.monotonic() < deadline and not ready(under):
             time.sleep(0.05)
-            workers = descendants(run.pid)
-        assert len(workers) >= 2, run.stderr.read().decode()[-2000:] if run.poll() else workers
-        run.kill()  # `kill -9` of predict's own process, not of its group
+            under = descendants(run.pid)
+        assert len(under) >= 2, run.stderr.read().decode()[-2000:] if run.poll() else under
+        run.kill()
         run.wait()
-        assert wait_gone(workers) == []
+        return wait_gone(under)
     finally:
         kill_group(run)
 
 
-def test_serve_killed_with_sigkill_leaves_no_worker(tmp_path):
+def test_predict_killed_with_sigkill_leaves_no_worker(tmp_path):
+    manifest = write_inputs(tmp_path, 3000, images=4)  # more than it gets through
+    command = predict_command(manifest, tmp_path / "out.jsonl", workers=2)
+    assert kill_when_ready(command, lambda under: len(under) >= 2) == []
+
+
+def test_serve_killed_with_sigkill_leaves_no_worker():
     pytest.importorskip("uvicorn", reason="the serve extra is not installed")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+
+    def answers(under) -> bool:  # then the workers (and multiprocessing's helper) are there
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+            return True
+        except OSError:
+            return False
+
     command = [sys.executable, "-m", "utkface", "serve", "--port", str(port), "--workers", "2"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while server.poll() is None and time.monotonic() < deadline:
-            try:  # a worker answers: the workers (and multiprocessing's helper) have started
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        under = descendants(server.pid)
-        assert len(under) >= 2, server.stderr.read().decode()[-2000:] if server.poll() else under
-        server.kill()
-        server.wait()
-        assert wait_gone(under) == []
-    finally:
-        kill_group(server)
+    assert kill_when_ready(command, answers) == []
+
+
+def test_prepare_killed_with_sigkill_leaves_no_worker(real_data, tmp_path):
+    command = [sys.executable, "-m", "utkface", "prepare", "--data", str(real_data),
+               "--size", "32", "--out", str(tmp_path), "--workers", "2"]  # fmt: skip
+    assert kill_when_ready(command, lambda under: len(under) >= 2) == []
