@@ -1,12 +1,13 @@
 """`utkface predict` over many inputs: resident memory of the run and its workers (issue 22).
 
     python -m benchmarks.predict_memory [--inputs 100000] [--workers 2] [--images 8]
-        [--checkpoint FILE] [--interval 0.1]
+        [--checkpoint FILE] [--interval 0.1] [--unreadable]
 
 `--images` small generated crops (64 px) are written to a temporary folder (removed at the end)
 with `--inputs` hard links to them, listed in a `.txt` manifest: distinct paths, since predict
 takes each path once. `python -m utkface predict MANIFEST --faces aligned --out results.jsonl`
-runs over them as a user would (the released ONNX model unless `--checkpoint`), and every
+runs over them as a user would (the released ONNX model unless `--checkpoint`; with
+`--unreadable` the files are no images, so no input has a face), and every
 `--interval` seconds the VmRSS (/proc/PID/status) of the run and of every process under it is
 added up. Printed: the memory once the first 1,000 results are written (counted in the part
 files), at the end (the last sample with the workers still running), the peak, and the growth
@@ -60,8 +61,11 @@ class Memory:
         return max(s.total for s in self.samples)
 
 
-def write_inputs(folder: Path, inputs: int, images: int = 8, size: int = 64) -> Path:
-    """A manifest of `inputs` distinct paths: hard links to `images` smooth generated crops."""
+def write_inputs(
+    folder: Path, inputs: int, images: int = 8, size: int = 64, unreadable: bool = False
+) -> Path:
+    """A manifest of `inputs` distinct paths: hard links to `images` smooth generated crops
+    (or, `unreadable`, to files that are no image: every input gives an error, no face)."""
     originals = folder / "originals"
     links = folder / "inputs"
     originals.mkdir(parents=True)
@@ -71,7 +75,10 @@ def write_inputs(folder: Path, inputs: int, images: int = 8, size: int = 64) -> 
     for index in range(images):
         small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         path = originals / f"{index}.png"
-        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(path)
+        if unreadable:
+            path.write_bytes(b"not an image")
+        else:
+            Image.fromarray(small).resize((size, size), Image.BICUBIC).save(path)
         paths.append(path)
     manifest = folder / "inputs.txt"
     with manifest.open("w") as lines:
@@ -167,11 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--checkpoint", help="model file (default: the released ONNX model)")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between samples")
+    parser.add_argument(
+        "--unreadable", action="store_true", help="inputs that are no image (no face in any)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="utkface-memory-") as temp:
         folder = Path(temp)
-        manifest = write_inputs(folder, args.inputs, args.images)
+        manifest = write_inputs(folder, args.inputs, args.images, unreadable=args.unreadable)
         out = folder / "results.jsonl"
         start = time.monotonic()
         command = predict_command(manifest, out, args.workers, args.checkpoint)
@@ -179,8 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.monotonic() - start
         rows = _lines(out)
     first, end = memory.after(1000), memory.end
+    kind = "unreadable files" if args.unreadable else "images"
     print(f"utkface predict --faces aligned --workers {args.workers}: {args.inputs} inputs "
-          f"({args.images} images), {rows} results, exit {memory.returncode}, {seconds:.0f} s, "
+          f"({args.images} {kind}), {rows} results, exit {memory.returncode}, {seconds:.0f} s, "
           f"{len(memory.samples)} samples")  # fmt: skip
     for name, sample in (("after the first 1,000", first), ("at the end", end)):
         print(f"RSS {name} ({sample.done} done): {sample.total / MB:.1f} MB "
