@@ -106,7 +106,10 @@ def measure(command: list[str], out: Path, interval: float = 0.1) -> Memory:
             while process.poll() is None:
                 for name in _listdir(parts):
                     if name.startswith("part-") and name not in counted:
-                        counted[name] = _lines(parts / name)
+                        try:
+                            counted[name] = _lines(parts / name)
+                        except OSError:  # joined into `out` and removed meanwhile
+                            pass
                 under = sum(map(rss_bytes, descendants(process.pid)))
                 sample = Sample(sum(counted.values()), rss_bytes(process.pid), under)
                 if sample.parent:  # not yet exited

@@ -4,7 +4,10 @@ hardly grows after the first 1,000 inputs (measured as `benchmarks.predict_memor
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -48,4 +51,25 @@ def test_predict_memory_stays_flat_after_the_first_thousand(tmp_path):
     assert len(out.read_text().splitlines()) == 3000
     first, end = memory.after(1000), memory.end
     assert first.done >= 1000 and end.done >= 2000 and end.workers > 0  # the pool still there
-    assert end.total - first.total < 20 * 2**20  # bytes, parent and workers together
+    # Bytes, parent and workers together. Holding on to each input's crop (37 KB at 112 px)
+    # would add 70 MB here; what is kept per input to take it once adds about 0.6 MB. In runs
+    # of 3,000 the parent also grew at once by about 15 MB between 1,000 and 2,000 inputs (a
+    # step, not a slope; its cause is not known, BENCHMARKS.md), so the bound leaves room
+    # for that step.
+    assert end.total - first.total < 32 * 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_benchmark_prints_memory_after_1000_at_the_end_and_peak():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.predict_memory", "--inputs", "300", "--unreadable"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "300 inputs (8 unreadable files), 300 results, exit 1" in result.stdout
+    for line in (r"RSS after the first 1,000 \(\d+ done\): [\d.]+ MB", r"RSS at the end",
+                 r"RSS peak: [\d.]+ MB; growth .*: [+-][\d.]+ MB"):  # fmt: skip
+        assert re.search(line, result.stdout), result.stdout
