@@ -51,6 +51,7 @@ from PIL import Image, UnidentifiedImageError
 from utkface.apps.serve_limits import Admission, ApiError, BodyLimit
 from utkface.runtime import images as image_io
 from utkface.runtime.errors import OptionError
+from utkface.runtime.lifeline import Lifeline
 
 if TYPE_CHECKING:
     from utkface.runtime.predict import FaceResult, Predictor
@@ -308,7 +309,10 @@ def run(
         uvicorn.run(app, host=host, port=port, log_level="info")
         return
     del app
-    settings = {"checkpoint": str(checkpoint), "backend": backend, "workers": workers}
+    # uvicorn starts (and restarts) the workers from this thread: each ends with this process
+    here = Lifeline.here()
+    settings = {"checkpoint": str(checkpoint), "backend": backend, "workers": workers,
+                "lifeline": [here.parent, here.main_thread]}  # fmt: skip
     os.environ[WORKER_OPTIONS] = json.dumps({**settings, "limits": limits or {}, **options})
     uvicorn.run(
         "utkface.apps.serve:worker_app", factory=True, host=host, port=port, workers=workers,
@@ -320,6 +324,9 @@ def worker_app() -> FastAPI:
     """The app of one of `run`'s worker processes, from the options `run` left in the
     environment. The cores are shared out between the workers' model threads."""
     options = json.loads(os.environ[WORKER_OPTIONS])
+    lifeline = options.pop("lifeline", None)  # absent for an app made outside `run` (tests)
+    if lifeline:
+        Lifeline(*lifeline).hold()
     workers, limits = options.pop("workers"), options.pop("limits")
     threads = max(1, (os.cpu_count() or 1) // workers)
     return create_app(

@@ -44,6 +44,7 @@ from utkface.data.records import (
 )
 from utkface.runtime import images as image_io
 from utkface.runtime.errors import OptionError, UtkfaceError
+from utkface.runtime.lifeline import Lifeline
 from utkface.runtime.names import GENDERS, Label, LabelError, parse_name
 from utkface.runtime.sources import Limits, fingerprint, iter_members
 
@@ -326,7 +327,10 @@ def _decode_all(
     problems: list[str | None] = [None] * len(payloads)
     jobs = ((i, payload, size, decode) for i, payload in enumerate(payloads))
     bar = tqdm(total=len(payloads), desc="decode", unit="img", disable=not progress)
-    pool = multiprocessing.get_context("fork").Pool(workers) if parallel else None
+    # Workers end with this process however it ends (a worker the pool replaces later is
+    # tied to the pool's own thread instead, which lasts until the pool is terminated).
+    lifeline = Lifeline.here()
+    pool = multiprocessing.get_context("fork").Pool(workers, lifeline.hold) if parallel else None
     try:
         results = (
             pool.imap_unordered(_decode_into, jobs, chunksize=64)

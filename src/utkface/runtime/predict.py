@@ -49,6 +49,7 @@ from utkface.runtime import released
 from utkface.runtime.backends import default_backend, load_backend
 from utkface.runtime.errors import OptionError
 from utkface.runtime.images import ImageError, ImageSource, open_rgb, square_resize
+from utkface.runtime.lifeline import Lifeline
 from utkface.runtime.results import FaceResult, Prediction, fill_face
 
 FACE_MODES = ("auto", "detect", "aligned")
@@ -133,7 +134,10 @@ class Predictor:
                 queued.append(pool.submit(prepare_input, image, mode, self.size, source))
                 while len(queued) >= window or (queued and queued[0].done()):
                     pending.append(queued.popleft().result())
-                    if sum(len(item.crops) for item in pending) >= self.batch_size:
+                    # a batch of crops, or as many inputs: those without a face (unreadable,
+                    # or no face found) must not pile up here waiting for crops
+                    crops = sum(len(item.crops) for item in pending)
+                    if crops >= self.batch_size or len(pending) >= self.batch_size:
                         yield from self._finish(pending)
                         pending = []
             for future in queued:
@@ -152,9 +156,13 @@ class Predictor:
         if not self.processes:
             return ThreadPoolExecutor(self.workers, thread_name_prefix="utkface-decode")
         # fork where there is one (as `data.prepare`): workers start at once, without
-        # importing torch again; they only decode and detect.
+        # importing torch again; they only decode and detect. They are started by the first
+        # `submit`, on the thread that made the pool (`predict_iter` does both before it
+        # yields), which is what `Lifeline.here` needs to know.
         context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ignore_sigint)
+        return ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_start_worker, initargs=(Lifeline.here(),)
+        )
 
     def _finish(self, pending: list[Prepared]) -> Iterator[Prediction]:
         """Run the model over every crop of `pending`, fill in the faces, yield in order."""
@@ -208,9 +216,11 @@ def prepare_input(src: ImageSource, mode: str, size: int, source: str) -> Prepar
     return Prepared(prediction, np.stack(crops) if crops else empty)
 
 
-def _ignore_sigint() -> None:
-    """Ctrl-C reaches the whole process group: workers leave it to the main process, which
+def _start_worker(lifeline: Lifeline) -> None:
+    """A pool worker ends with the process that made it, however that ended (`lifeline.py`).
+    Ctrl-C reaches the whole process group: workers leave it to the main process, which
     writes out what is finished and stops them."""
+    lifeline.hold()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
