@@ -28,9 +28,9 @@ pasted face upright, needs none); boxes and landmarks are mapped back into the p
 without landmarks (a tracked box between detections in a video) is framed by `utkface_crop`,
 the average UTKFace crop around the detector's box (`FRAMING`, `measure_framing`).
 
-`auto` (`looks_aligned`): of 300 real 200x200 crops (test split, with dlib's landmark crops),
-all are taken as crops (IoU of the face's crop with the frame >= 0.5 for 298, no face found in
-a small square image for 2).
+`auto` (`looks_aligned`): of 300 real 200x200 crops of the test split, all are taken as crops
+with either detector (IoU of the face's crop with the frame >= 0.5: dlib 298, YuNet 291; no
+face found in a small square image: the other 2 and 9).
 """
 
 from __future__ import annotations
