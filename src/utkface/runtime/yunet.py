@@ -37,6 +37,7 @@ FILE = "face_detection_yunet_2023mar.onnx"
 SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 SIDE = 640  # the input side fixed in the file
 STRIDES = (8, 16, 32)
+OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES)
 # Chosen on 300 val-split crops pasted into photos (`python -m benchmarks.pasted --split val
 # --threshold T`): found 100% at 0.6 and 0.75, 93.0% at 0.9 (OpenCV demos' threshold).
 SCORE_THRESHOLD = 0.6
@@ -107,9 +108,6 @@ def detect(
     boxes, scores, points = decode(dict(zip(OUTPUT_NAMES, outputs)), threshold)
     keep = nms(boxes, scores, NMS_IOU)
     return boxes[keep] / scale, scores[keep], points[keep] / scale
-
-
-OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES)
 
 
 def decode(outputs: dict[str, np.ndarray], threshold: float):
