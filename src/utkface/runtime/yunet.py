@@ -34,6 +34,7 @@ from utkface.runtime.errors import CheckpointError, require
 from utkface.runtime.released import verify_sha256
 
 FILE = "face_detection_yunet_2023mar.onnx"
+LICENSE_FILE = "face_detection_yunet_2023mar.LICENSE.txt"  # beside it, shipped with it
 SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 SIDE = 640  # the input side fixed in the file
 STRIDES = (8, 16, 32)
