@@ -77,7 +77,8 @@ def wild_photo(
 ) -> tuple[Image.Image, tuple[float, float, float]]:
     """`crop` resized to a random side, turned by up to `max_angle` degrees and pasted at a
     random place of a larger background (1.6 to 3 times the face's turned size). Returns the
-    photo and where the crop's centre went, with its side: (x, y, side)."""
+    photo and where the crop's centre went, with its side and turn (counter-clockwise):
+    (x, y, side, degrees)."""
     side = int(rng.integers(sides[0], sides[1] + 1))
     angle = float(rng.uniform(-max_angle, max_angle))
     face = Image.fromarray(crop).resize((side, side), RESAMPLE)
@@ -90,16 +91,16 @@ def wild_photo(
     left = int(rng.integers(0, width - face.width + 1))
     top = int(rng.integers(0, height - face.height + 1))
     photo.paste(face, (left, top), mask)
-    return photo, (left + face.width / 2, top + face.height / 2, float(side))
+    return photo, (left + face.width / 2, top + face.height / 2, float(side), angle)
 
 
-def recrop(photo: Image.Image, where: tuple[float, float, float], points: int = 68):
-    """The face found at the pasted place (its centre within half a side of the pasted crop's
-    centre) and its 200 px crop, or (None, None) when no face is found there."""
-    x, y, side = where
+def recrop(photo: Image.Image, where: tuple, points: int = 68, detector: str = "dlib"):
+    """The face `detector` finds at the pasted place (its centre within half a side of the
+    pasted crop's centre) and its 200 px crop, or (None, None) when no face is found there."""
+    x, y, side = where[:3]
     near = [
         face
-        for face in faces.detect_faces(photo, points=points)
+        for face in faces.detect_faces(photo, points=points, detector=detector)
         if math.dist(((face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2), (x, y))
         < side / 2
     ]
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _score(checkpoint, crops, photos, found, labels) -> dict:
     from utkface.runtime.predict import Predictor
 
-    predictor = Predictor.from_checkpoint(checkpoint, workers=1)
+    predictor = Predictor.from_checkpoint(checkpoint, workers=1, detector="dlib")
     kept = np.flatnonzero(found)
     on_crops = predictor.predict(crops[kept], faces="aligned")
     on_photos = predictor.predict([photos[i] for i in kept], faces="detect")

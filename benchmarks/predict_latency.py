@@ -1,11 +1,13 @@
 """Prediction speed on CPU: single-image latency with the model loaded, and batch throughput.
 
     python -m benchmarks.predict_latency [CHECKPOINT] [--images 64] [--batch-size 32]
+                                         [--detector yunet|dlib]
 
 Without CHECKPOINT a randomly initialised default model (mobilenet_v2, age + gender, 128 px) is
 timed: speed does not depend on the weights. Inputs are real UTKFace crops from the shared
-archive (`$UTKFACE_DATA`), or generated pictures when it is absent; the detection rows use a
-900x600 photo made by pasting four crops on a plain background. Numbers are medians of
+archive (`$UTKFACE_DATA`), or generated pictures when it is absent; the detection rows use
+900x600 photos made by pasting one or four crops on a plain background, faces found by
+`--detector`. Numbers are medians of
 `--repeats` runs after one warm-up run.
 """
 
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         "--backend", help="torch or onnx (default: onnx for an .onnx file, else torch)"
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--detector", default="yunet", help="yunet (default) or dlib")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,21 +49,27 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(temp)
         checkpoint = args.checkpoint or random_checkpoint(folder / "random.pt")
         predictor = Predictor.from_checkpoint(
-            checkpoint, backend=args.backend, batch_size=args.batch_size
+            checkpoint, backend=args.backend, batch_size=args.batch_size, detector=args.detector
         )
         files = write_crops(folder / "crops", args.images)
         photo = composite([Image.open(f) for f in files[:4]])
+        one_face = composite([Image.open(files[1])])
         crop = np.stack(
             [np.asarray(Image.open(files[0]).convert("RGB").resize((predictor.size,) * 2))]
         )
 
         model, backend = predictor.meta.get("model"), predictor.backend_name
         print(f"model {model} at {predictor.size} px, backend {backend}")
-        print(f"torch threads {torch.get_num_threads()}, decode workers {predictor.workers}")
+        print(
+            f"torch threads {torch.get_num_threads()}, decode workers {predictor.workers}, "
+            f"detector {predictor.detector}"
+        )
         rows = [
             ("model only, 1 crop", lambda: predictor.backend(crop)),
             ("1 crop file, --faces aligned", lambda: predictor.predict(files[0], "aligned")),
             ("1 crop file, --faces auto", lambda: predictor.predict(files[0], "auto")),
+            ("900x600 photo, 1 face, detect", lambda: predictor.predict(one_face, "detect")),
+            ("900x600 photo, 1 face, auto", lambda: predictor.predict(one_face, "auto")),
             ("900x600 photo, 4 faces, detect", lambda: predictor.predict(photo, "detect")),
         ]
         for name, run in rows:

@@ -155,3 +155,17 @@ def test_checkpoint_formats_compares_the_three_formats(face_folder, tmp_path, ca
         ]
     assert float(rows["safetensors float16"][2]) > 0  # rounded weights move the ages a little
     assert float(rows["safetensors float16"][0]) < 0.55 * float(rows["safetensors float32"][0])
+
+
+def test_pasted_compares_a_detector_with_the_true_place(real_data, capsys):
+    from benchmarks import pasted
+
+    arguments = ["--data", str(real_data), "--split", "val", "--count", "6"]
+    results = pasted.main([*arguments, "--detectors", "yunet", "true"])
+    out = capsys.readouterr().out
+    assert re.search(r"^yunet +\d+\.\d% ", out, re.M) and re.search(r"^true +100\.0% ", out, re.M)
+    true, found = results["true"], results["yunet"]
+    assert true["found"] == 6 and true["crop_iou"] == pytest.approx(1.0)
+    assert true["crop_diff"] < 8  # pasting and cutting again blur the crop a little
+    assert found["found"] >= 5 and 0.6 < found["crop_iou"] < 1.0
+    assert 0 <= found["gender_agree"] <= 1 and found["age_diff"] >= 0

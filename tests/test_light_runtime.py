@@ -1,11 +1,14 @@
 """The runtime needs no PyTorch: in a process where importing torch (or anything only training
-needs, or the models and training stages) raises, `utkface predict`, `info`, `evaluate` of the
-released model and a served request all work; and no runtime, data or evaluation module names
-torch among its imports."""
+needs, or the models and training stages, or dlib) raises, `utkface predict` (of a crop, and of
+a whole photo, its face found by the built-in YuNet), `info`, `evaluate` of the released model
+and a served request all work; and no runtime, data or evaluation module names torch among its
+imports."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -14,15 +17,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import utkface
-from utkface.runtime import faces as face_finder
-from utkface.runtime.errors import MissingExtra
+from utkface.data.dataset import default_source
+from utkface.runtime.sources import iter_members
 
 PACKAGE = Path(utkface.__file__).parent
 # what `pip install utkface` leaves out: PyTorch and the rest of the train extra
 TRAIN_ONLY = ("torch", "torchvision", "safetensors", "onnx", "onnxscript", "yaml")
-BLOCKED = (*TRAIN_ONLY, "utkface.models", "utkface.training")
+# ... and the detect extra: whole photos need no dlib
+BLOCKED = (*TRAIN_ONLY, "utkface.models", "utkface.training", "dlib", "face_recognition_models")
 
 SCRIPT = """
 import importlib.abc, json, sys
@@ -40,6 +45,8 @@ from utkface.apps.cli import main
 
 results = {{}}
 results["predict"] = main(["predict", {crop!r}, "--faces", "aligned"])
+if {photo!r}:
+    results["photo"] = main(["predict", {photo!r}])
 results["info"] = main(["info"])
 results["evaluate"] = main(["evaluate", "--data", {folder!r}, "--out", {out!r}])
 results["train"] = main(["train", "--epochs", "1"])
@@ -61,18 +68,30 @@ print("RESULTS " + json.dumps(results))
 """
 
 
+def whole_photo(path: Path) -> str:
+    """A 900x600 photo with one real UTKFace crop pasted in it, or "" without the archive."""
+    if not default_source().exists():
+        return ""
+    member = next(m for m in iter_members(default_source()) if m.data)
+    photo = Image.new("RGB", (900, 600), (90, 120, 150))
+    photo.paste(Image.open(io.BytesIO(member.data)).convert("RGB").resize((180, 180)), (500, 250))
+    photo.save(path)
+    return str(path)
+
+
 def test_predict_info_evaluate_and_serve_run_without_torch(tmp_path, make_faces, face_names):
-    pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    try:
-        face_finder.require_detector()  # the server's default face mode finds faces
-        serve = True
-    except MissingExtra:
-        serve = False
+    serve = importlib.util.find_spec("fastapi") is not None  # the serve extra
     folder = tmp_path / "faces"
     make_faces(folder, count=24, size=120)
     crop = folder / face_names(1)[0]
+    photo = whole_photo(tmp_path / "photo.jpg")
     script = SCRIPT.format(
-        blocked=BLOCKED, crop=str(crop), folder=str(folder), out=str(tmp_path / "eval"), serve=serve
+        blocked=BLOCKED,
+        crop=str(crop),
+        photo=photo,
+        folder=str(folder),
+        out=str(tmp_path / "eval"),
+        serve=serve,
     )
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -86,6 +105,8 @@ def test_predict_info_evaluate_and_serve_run_without_torch(tmp_path, make_faces,
     results = json.loads(done.stdout.split("RESULTS ", 1)[1])
     assert results["imported"] == []
     assert results["predict"] == 0 and f"{crop}: 1 face: " in done.stdout
+    if photo:
+        assert results["photo"] == 0 and f"{photo}: 1 face: " in done.stdout
     assert results["info"] == 0 and "released model" in done.stdout
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert (

@@ -229,7 +229,6 @@ def test_cli_folder_to_csv_with_annotations(checkpoint, real_folder, tmp_path):
     assert Image.open(drawn[0]).size == (200, 200)
 
 
-@needs_dlib
 def test_detect_on_a_composite_of_real_crops(predictor, real_folder, capsys):
     crops = [Image.open(f) for f in sorted(real_folder.rglob("*.jpg"))[:3]]
     canvas = Image.new("RGB", (800, 500), (70, 110, 150))
@@ -304,7 +303,7 @@ def test_backend_interface_options_and_race_head(checkpoint, tmp_path):
 
 
 def test_missing_detector_is_named_before_the_run(checkpoint, monkeypatch, tmp_path, capsys):
-    def missing():
+    def missing(detector):
         raise face_finder.DetectorUnavailable(face_finder.INSTALL_HINT)
 
     monkeypatch.setattr(face_finder, "require_detector", missing)

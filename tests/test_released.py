@@ -23,7 +23,7 @@ from utkface.data.dataset import split_of
 from utkface.models.backends import TorchBackend
 from utkface.models.checkpoint import CheckpointError, load_checkpoint
 from utkface.models.export import TOLERANCE, compare_outputs, format_parity
-from utkface.runtime import released
+from utkface.runtime import released, yunet
 from utkface.runtime.images import load_rgb
 from utkface.runtime.names import parse_name
 from utkface.runtime.onnx_backend import OnnxBackend
@@ -139,7 +139,7 @@ def test_commands_use_the_released_model_without_a_checkpoint(
     copy = tmp_path / f"{released.NAME}.safetensors"
     assert copy.is_file() and load_checkpoint(copy)[1]["preprocess"].size == 112
     shipped = sorted(p.name for p in released.path().parent.iterdir())
-    assert shipped == sorted(released.FILES.values())
+    assert shipped == sorted([*released.FILES.values(), yunet.FILE, yunet.LICENSE_FILE])
 
 
 def test_the_wheel_carries_the_weights(tmp_path):
@@ -160,3 +160,9 @@ def test_the_wheel_carries_the_weights(tmp_path):
         for backend, name in released.FILES.items():
             data = archive.read(f"utkface/runtime/weights/{name}")
             assert hashlib.sha256(data).hexdigest() == released.SHA256[backend]
+        # the built-in face detector, and its licence beside it
+        data = archive.read(f"utkface/runtime/weights/{yunet.FILE}")
+        assert hashlib.sha256(data).hexdigest() == yunet.SHA256
+        assert (
+            "MIT License" in archive.read(f"utkface/runtime/weights/{yunet.LICENSE_FILE}").decode()
+        )

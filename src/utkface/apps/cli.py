@@ -190,6 +190,7 @@ def add_serve_parser(subparsers) -> None:
     add_faces_argument(
         parser, "auto (default): decide per photo; detect: find faces; aligned: a crop"
     )
+    add_detector_argument(parser)
     parser.add_argument("--max-mb", type=float, default=10.0, help="largest upload in MB")
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
     parser.add_argument(
@@ -223,6 +224,7 @@ def add_serve_parser(subparsers) -> None:
             port=args.port,
             backend=args.backend,
             faces=args.faces,
+            detector=args.detector,
             max_bytes=int(args.max_mb * 2**20),
             max_pixels=int(args.max_megapixels * 1e6),
             workers=args.workers,
@@ -376,6 +378,7 @@ def add_predict_parser(subparsers) -> None:
         "aligned: each input is already a UTKFace-like face crop; detect: find every face "
         "and crop it like UTKFace; auto (default): decide per image",
     )
+    add_detector_argument(parser)
     parser.add_argument(
         "--out",
         help="DIR: part files written as results come (each whole when it appears); "
@@ -451,6 +454,7 @@ def add_predict_parser(subparsers) -> None:
             device=args.device,
             backend=args.backend,
             faces=args.faces,
+            detector=args.detector,
             batch_size=args.batch_size,
             workers=args.workers,
             processes=True,
@@ -504,6 +508,7 @@ def _predict_ray(args, shard) -> int:
         args.checkpoint,
         args.out,
         faces=args.faces,
+        detector=args.detector,
         shard=shard,
         backend=args.backend,
         device=args.device,
@@ -588,6 +593,16 @@ def add_faces_argument(parser, help_text: str) -> None:
     """--faces: how a photo becomes face crops (the modes of `predict.FACE_MODES`)."""
     parser.add_argument(
         "--faces", choices=("auto", "detect", "aligned"), default="auto", help=help_text
+    )
+
+
+def add_detector_argument(parser) -> None:
+    """--detector: what finds faces in whole photos (`faces.DETECTORS`)."""
+    parser.add_argument(
+        "--detector",
+        choices=("yunet", "dlib"),
+        default="yunet",
+        help="yunet (default): built in; dlib: HOG + 68 landmarks, extra utkface[detect]",
     )
 
 

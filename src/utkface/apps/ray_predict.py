@@ -30,6 +30,7 @@ import numpy as np
 
 from utkface.runtime.backends import check_backend, default_backend, load_backend
 from utkface.runtime.errors import OptionError, require
+from utkface.runtime.faces import DEFAULT_DETECTOR, check_detector
 from utkface.runtime.predict import prepare_input
 from utkface.runtime.predict_files import RunSummary
 from utkface.runtime.predict_inputs import FOLDER_SUFFIXES, in_shard, iter_inputs
@@ -50,6 +51,7 @@ def predict_ray(
     out: str | os.PathLike,
     *,
     faces: str = "auto",
+    detector: str = DEFAULT_DETECTOR,
     shard: tuple[int, int] = (0, 1),
     backend: str | None = None,
     device: str = "cpu",
@@ -62,6 +64,7 @@ def predict_ray(
     connects to `address`, else starts a local one. Returns the counts of what was written."""
     ray = require_ray()
     backend = check_backend(backend or default_backend(checkpoint))  # before Ray starts
+    check_detector(detector)
     local_out = "://" not in str(out)
     if local_out and Path(out).is_dir() and any(Path(out).glob("*.parquet")):
         raise OptionError(f"{out} already holds Parquet files; choose another --out")
@@ -79,7 +82,7 @@ def predict_ray(
         read = ray.data.read_binary_files(paths, include_paths=True, file_extensions=extensions)
         if uris and shard != (0, 1):
             read = read.filter(lambda row: in_shard(row["path"], shard))
-        datasets.append(read.flat_map(_crop_rows, fn_args=(faces, size)))
+        datasets.append(read.flat_map(_crop_rows, fn_args=(faces, size, detector)))
     if missing:
         rows = [{**row, "crop": np.zeros((size, size, 3), np.uint8)} for p in missing
                 for row in csv_rows(p)]  # fmt: skip
@@ -104,9 +107,9 @@ def _model_size(checkpoint: str | os.PathLike, backend: str) -> int:
     return load_backend(checkpoint, backend, device="cpu").preprocess.size
 
 
-def _crop_rows(row: dict, faces: str, size: int) -> list[dict]:
+def _crop_rows(row: dict, faces: str, size: int, detector: str) -> list[dict]:
     """One photo (`bytes`, `path`) -> a row per face with its `crop` (a Ray Data task)."""
-    prepared = prepare_input(row["bytes"], faces, size, row["path"])
+    prepared = prepare_input(row["bytes"], faces, size, row["path"], detector)
     rows = csv_rows(prepared.prediction)
     crops = list(prepared.crops) or [np.zeros((size, size, 3), np.uint8)]
     return [{**values, "crop": crop} for values, crop in zip(rows, crops)]

@@ -83,6 +83,7 @@ def create_app(
     *,
     backend: str | None = None,
     faces: str = "auto",
+    detector: str | None = None,
     threads: int | None = None,
     max_bytes: int = MAX_BYTES,
     max_pixels: int = MAX_PIXELS,
@@ -90,13 +91,14 @@ def create_app(
     admission: Admission | None = None,
 ) -> FastAPI:
     """The app, around a `Predictor` or a model file (loaded here, once, with `backend`,
-    `faces` and `threads`, see `predict.Predictor.from_checkpoint`). `admission` bounds the
+    `faces`, `detector` and `threads`, see `predict.Predictor`). `admission` bounds the
     requests at once and their waiting times (default: `serve_limits.Admission()`)."""
     if isinstance(model, (str, os.PathLike)):
         from utkface.runtime.predict import Predictor
 
+        chosen = {"detector": detector} if detector else {}  # else the Predictor's default
         predictor = Predictor.from_checkpoint(
-            model, device="cpu", backend=backend, threads=threads, faces=faces
+            model, device="cpu", backend=backend, threads=threads, faces=faces, **chosen
         )
     else:
         predictor = model

@@ -38,7 +38,7 @@ import numpy as np
 
 from utkface.runtime import faces as face_finder
 from utkface.runtime import images as image_io
-from utkface.runtime import landmarks
+from utkface.runtime import landmarks, yunet
 from utkface.runtime.errors import UtkfaceError
 from utkface.runtime.names import MAX_AGE, RACES, UNKNOWN_AGE, UNKNOWN_RACE, Label, LabelError
 from utkface.runtime.predict import check_mode  # the modes of `utkface predict --faces`
@@ -235,7 +235,7 @@ def cache_settings(labels: str | os.PathLike, faces: str) -> dict:
         "faces": faces,
     }
     if faces != "aligned":  # a new crop recipe crops again; `aligned` only decodes
-        crop_code = b"".join(Path(m.__file__).read_bytes() for m in (face_finder, landmarks))
+        crop_code = b"".join(Path(m.__file__).read_bytes() for m in (face_finder, landmarks, yunet))
         settings["crop_code"] = hashlib.sha256(crop_code).hexdigest()[:16]
     return settings
 

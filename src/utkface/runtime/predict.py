@@ -15,10 +15,11 @@ Inputs are paths, bytes, PIL images or numpy arrays, all decoded by `images.open
 orientation, any mode and bit depth, decompression-bomb limit). `faces` says where the faces are:
 `aligned` - the input is already a UTKFace-like crop (centre-cropped and resized like the
 training data); `detect` - find every face (`faces.detect_faces`) and cut a UTKFace-style crop
-around each; `auto` - decide per image (`faces.looks_aligned`). An input that cannot be read
-gives a `Prediction` with `error` set and the others go on. Inputs are decoded and faces found in
-a thread pool (processes with `processes=True`, as `utkface predict` does); crops from many
-inputs are batched through the model.
+around each; `auto` - decide per image (`faces.looks_aligned`). `detector` finds them: `yunet`
+(the default, shipped in the package) or `dlib` (extra `utkface[detect]`). An input that cannot
+be read gives a `Prediction` with `error` set and the others go on. Inputs are decoded and
+faces found in a thread pool (processes with `processes=True`, as `utkface predict` does);
+crops from many inputs are batched through the model.
 
 `gender_prob` is P(female), as everywhere in this project; the confidence in the predicted
 `gender` is `max(gender_prob, 1 - gender_prob)`. `age_low`/`age_high` are the 10th/90th
@@ -72,13 +73,15 @@ class Predictor:
         workers: int | None = None,
         backend_name: str = "custom",
         processes: bool = False,
+        detector: str = face_finder.DEFAULT_DETECTOR,
     ):
         check_mode(faces)
+        face_finder.check_detector(detector)
         if batch_size < 1:
             raise OptionError(f"batch_size must be at least 1, got {batch_size}")
         self.backend, self.backend_name = backend, backend_name
         self.meta, self.size = backend.meta, backend.preprocess.size
-        self.faces, self.batch_size = faces, batch_size
+        self.faces, self.batch_size, self.detector = faces, batch_size, detector
         # Threads suit a server (the GIL is released while decoding); `processes` puts
         # decoding and detection on every core for big file runs (`utkface predict`).
         self.processes = processes
@@ -124,14 +127,16 @@ class Predictor:
         mode = faces or self.faces
         check_mode(mode)
         if mode != "aligned":
-            face_finder.require_detector()  # fail before the run, naming the extra
+            face_finder.require_detector(self.detector)  # fail before the run, naming the extra
         window = max(2 * self.workers, 4)
         with self._pool() as pool:
             pending: list[Prepared] = []
             queued: deque = deque()
             for index, image in enumerate(images):
                 source = str(image) if isinstance(image, (str, os.PathLike)) else f"<input {index}>"
-                queued.append(pool.submit(prepare_input, image, mode, self.size, source))
+                queued.append(
+                    pool.submit(prepare_input, image, mode, self.size, source, self.detector)
+                )
                 while len(queued) >= window or (queued and queued[0].done()):
                     pending.append(queued.popleft().result())
                     # a batch of crops, or as many inputs: those without a face (unreadable,
@@ -182,18 +187,25 @@ class Predictor:
             yield item.prediction
 
 
-def prepare_input(src: ImageSource, mode: str, size: int, source: str) -> Prepared:
+def prepare_input(
+    src: ImageSource,
+    mode: str,
+    size: int,
+    source: str,
+    detector: str = face_finder.DEFAULT_DETECTOR,
+) -> Prepared:
     """Decode one input and cut its `size` px face crops (runs in a worker thread or process;
-    the Ray path runs it in tasks). `source` names the input in its `Prediction`."""
+    the Ray path runs it in tasks), faces found by `detector`. `source` names the input in its
+    `Prediction`."""
     empty = np.zeros((0, size, size, 3), np.uint8)
     try:
         image = open_rgb(src)
         prediction = Prediction(source, width=image.width, height=image.height)
         aligned, found = (mode == "aligned", [])
         if mode == "auto":
-            aligned, found = face_finder.looks_aligned(image)
+            aligned, found = face_finder.looks_aligned(image, detector)
         elif mode == "detect":
-            found = face_finder.detect_faces(image)
+            found = face_finder.detect_faces(image, detector=detector)
         if aligned:
             # The very pixels of training: `images.load_rgb` is `square_resize(open_rgb)`.
             # Refuses an image too small to be a face.

@@ -12,9 +12,11 @@ running estimate is updated. A `TrackedFace` carries both the frame's own estima
 the track's smoothed one (`smoothed`). Files in, files out (`utkface predict clip.mp4`) is
 `video_files.py`; decoding is `video.py` (PyAV); this module needs no PyAV when given frames.
 
-Detection runs without dlib's upsampling by default (`upsample=0`): it finds faces from about
-80 px and costs ~20-50 ms on a 640x480 frame against ~90 ms upsampled (2-core EPYC, measured);
-frames larger than `faces.DETECT_MAX_SIDE` are shrunk before detection and boxes are mapped back.
+The detector is the predictor's (`Predictor.detector`: YuNet by default, or dlib). dlib runs
+without upsampling by default (`upsample=0`): it finds faces from about 80 px and costs ~20-50 ms
+on a 640x480 frame against ~90 ms upsampled (2-core EPYC, measured); frames larger than
+`faces.DETECT_MAX_SIDE` are shrunk before detection and boxes are mapped back. Between
+detections a tracked box is cut with the detector's average framing (`faces.utkface_crop`).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class FaceStream:
     ):
         if every < 1:
             raise OptionError(f"every must be at least 1, got {every}")
-        face_finder.require_detector()  # before the first frame, naming the extra
+        self.detector = predictor.detector
+        face_finder.require_detector(self.detector)  # before the first frame, naming the extra
         self.predictor, self.every, self.upsample = predictor, every, upsample
         self.tracker = tracker or Tracker(**options)
         self.count, self.last_time = 0, -math.inf
@@ -89,7 +92,9 @@ class FaceStream:
         if detect:
             # No search of turned copies: a frame without a face would cost ~7 detections,
             # and the next frames will see the face anyway.
-            found = face_finder.detect_faces(picture, upsample=self.upsample, retries=())
+            found = face_finder.detect_faces(
+                picture, upsample=self.upsample, retries=(), detector=self.detector
+            )
             ids = self.tracker.match(time, [face.box for face in found])
             located = [(i, face.box, face.score) for i, face in zip(ids, found)]
         else:
@@ -101,7 +106,7 @@ class FaceStream:
         size, pixels = self.predictor.size, np.asarray(picture)  # one array for every face
         crops = np.stack(
             [
-                face_finder.crop_face(pixels, face_finder.utkface_crop(box), size)
+                face_finder.crop_face(pixels, face_finder.utkface_crop(box, self.detector), size)
                 for _, box, _ in located
             ]
         )  # (K, S, S, 3) uint8
