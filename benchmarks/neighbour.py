@@ -7,9 +7,9 @@ Every figure comes from a fresh process (OpenMP reads its settings once, when to
 - `train`: `train.train` itself (the default model at 112 px on the prepared UTKFace cache,
   `$UTKFACE_CACHE`, of `--data`, default `$UTKFACE_DATA`), images/s over the steps after the
   first two, stopped from `on_step`.
-  before: `--threads` = the core count (what `setup_distributed` chose), OpenMP's default wait
-  policy; after: threads left to `cpu_threads.CoreShare`, `OMP_WAIT_POLICY=PASSIVE` (as the
-  command line sets it).
+  before: `--threads` = the core count (what `setup_distributed` chose); after: threads left
+  to `cpu_threads.CoreShare`. OpenMP's default wait policy in both (the command line leaves
+  training's alone: PASSIVE cost it a third of its idle speed).
 - `torch`: the released model's torch backend (`load_backend`), faces/s in batches of
   `--batch` crops from the cache. before: OpenMP's default wait policy; after: PASSIVE.
 - `onnx`: the released ONNX export. before: a session with ONNX Runtime's defaults (idle
@@ -72,8 +72,8 @@ def run_child(workload: str, mode: str, args, neighbour: bool) -> dict:
     """One figure from a fresh process, with a spinning neighbour when `neighbour`; `others`:
     the cores processes other than these kept busy meanwhile (a disturbed figure shows it)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(OPENMP_PREFIXES)}
-    if mode == "after" and workload != "onnx":
-        passive_openmp(env)
+    if mode == "after" and workload == "torch":
+        passive_openmp(env)  # as the command line sets it for every command but train
     command = [sys.executable, "-m", "benchmarks.neighbour", "--child", workload, mode]
     command += ["--seconds", str(args.seconds), "--batch", str(args.batch)]
     command += ["--data", args.data] if args.data else []

@@ -662,10 +662,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. A `UtkfaceError` (bad file, option or setting, missing extra: something
     the user can fix) is one line and exit status 2; anything else is a bug and keeps its
     traceback, as do user errors with `--debug`."""
-    # Before torch (and its OpenMP) is imported by any command: idle threads sleep rather than
-    # spin, so a busy neighbour costs a fair share, not 8x (issue 22; the user's OMP_* kept).
-    passive_openmp()
     args = build_parser().parse_args(argv)
+    if args.command != "train":
+        # Before torch (and its OpenMP) is imported: idle threads sleep rather than spin, so a
+        # busy neighbour costs prediction a fair share, not 5x (issue 22; the user's OMP_* kept).
+        # Not for training: its many small parallel regions ran 32% slower on an idle machine
+        # (137 -> 93 img/s); its threads follow the free cores instead (cpu_threads.CoreShare).
+        passive_openmp()
     if getattr(args, "checkpoint", "") is None:  # a command that uses a model, none given
         from utkface.runtime import released
 

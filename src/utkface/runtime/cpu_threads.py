@@ -6,8 +6,9 @@ core busy:
 - `passive_openmp()`: OpenMP's idle threads sleep instead of spinning (`OMP_WAIT_POLICY=
   PASSIVE`). A spinning thread waiting at a barrier takes the core the busy neighbour needs,
   and the neighbour's time slice then holds up the barrier for everyone. It must be set before
-  the OpenMP library loads (before torch is imported), so the command line sets it first thing;
-  any OMP_*/GOMP_*/KMP_* variable the user set is left as it is.
+  the OpenMP library loads (before torch is imported), so the command line sets it before a
+  command runs; any OMP_*/GOMP_*/KMP_* variable the user set is left as it is. Not for
+  training: its many small parallel regions ran a third slower idle with sleeping threads.
 - `CoreShare`: a look at `/proc/stat` every `CHECK_EVERY_S` seconds (a cheap call per training
   step, no thread) estimates how many cores other processes keep busy and sets the threads to
   the cores they leave free (at least one). One thread per free core: a thread more than there
