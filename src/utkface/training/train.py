@@ -34,7 +34,7 @@ from utkface.data.multisource import prepare_sources
 from utkface.evaluation import fairness
 from utkface.models.checkpoint import model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
-from utkface.runtime.atomic import atomic_write
+from utkface.runtime.atomic import atomic_write, remove_stale
 from utkface.training import balance, seed_pair
 from utkface.training.augment import Augment
 from utkface.training.budget import StepClock, TimeBudget
@@ -206,6 +206,8 @@ class Trainer:
         saver = CheckpointSaver(
             self.out, self.spec, self.preprocess, config.to_dict(), self.average
         )
+        if self.cluster.main:
+            remove_stale(self.out)  # what a killed run was writing
         if resume:
             state = saver.resume(model, optimizer, self.subset)
             if self.cluster.main:
