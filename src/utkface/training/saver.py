@@ -88,10 +88,7 @@ class CheckpointSaver:
         return read_checkpoint(self.out / "best.pt")
 
     def resume(self, model: nn.Module, optimizer, subset: float) -> dict:
-        """Load `last.pt` into `model`, `optimizer` and the average; return the run's state
-        (a fresh one when the run was stopped before it wrote its first `last.pt`)."""
-        if not (self.out / "last.pt").exists():
-            return fresh_state(subset)
+        """Load `last.pt` into `model`, `optimizer` and the average; return the run's state."""
         saved = read_checkpoint(self.out / "last.pt")
         model.load_state_dict(saved["state_dict"])
         state = saved["train_state"]

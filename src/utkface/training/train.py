@@ -197,6 +197,8 @@ class Trainer:
     def _start(self, resume: bool):
         """The model, optimizer, checkpoint saver and run state, fresh or from `last.pt`."""
         config = self.config
+        if resume and not (self.out / "last.pt").is_file():
+            resume = False  # stopped before its first last.pt: the run starts over
         _seed_everything(config.seed)  # the initial weights: the same on every rank
         pretrained = config.pretrained and not resume
         model = build_model(config.model, config.tasks, pretrained, **self.spec["kwargs"])
