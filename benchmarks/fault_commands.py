@@ -32,7 +32,6 @@ class Command:
     `final` returns (lost, duplicated, problems); `torn` the problems of visible files."""
 
     name = ""
-    watched = ("",)  # folders (under the trial folder) where its temporaries appear
 
     def __init__(self, data: Data):
         self.data = data
@@ -65,7 +64,7 @@ class Data:
 
 
 class Prepare(Command):
-    name, watched = "prepare", ("cache",)
+    name = "prepare"
 
     def argv(self, folder, rerun):
         return [
@@ -97,7 +96,7 @@ class Prepare(Command):
 
 
 class Train(Command):
-    name, watched = "train", ("run",)
+    name = "train"
 
     def argv(self, folder, rerun):
         data = ["--data", str(self.data.small), "--cache", str(self.data.cache)]
@@ -191,7 +190,7 @@ class Export(Command):
 
 
 class Predict(Command):
-    name, watched = "predict", ("", "results.jsonl.parts")
+    name = "predict"
 
     def argv(self, folder, rerun):
         return [

@@ -30,10 +30,13 @@ files, temporaries left after completion, orphans.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import random
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -43,6 +46,8 @@ from pathlib import Path
 
 from benchmarks.fault_commands import COMMANDS, Command, Train, make_data
 from utkface.runtime.atomic import TEMP
+
+_libc = ctypes.CDLL(None, use_errno=True)  # inotify (Linux)
 
 
 @dataclass
@@ -130,27 +135,29 @@ def _checked(check, folder: Path):
 
 def _run(command: Command, folder: Path, rerun: bool, temp: int, delay: float):
     """Start the command and kill it with SIGKILL `delay` seconds after its `temp`-th temporary
-    file appeared (after its start for 0). None if it finished first, else the number of
-    orphans its process group left and whether a temporary file was there at the kill; its
-    exit code if it finished first."""
+    file appeared (after its start for 0). Returns the number of orphans its process group
+    left and whether a temporary file was there at the kill, or its exit code if it finished
+    first."""
     log = open(folder / "log.txt", "ab")
-    process = _start(command.argv(folder, rerun), log)
-    seen, armed = set(), time.monotonic() if temp == 0 else None
-    while process.poll() is None:
-        now = _temporaries(folder, command.watched)
-        seen |= now
-        if armed is None and len(seen) >= temp:
-            armed = time.monotonic()
-        if armed is not None and time.monotonic() - armed >= delay:
-            break
-        time.sleep(0.001)
-    else:
-        log.close()
-        return process.returncode
-    os.kill(process.pid, signal.SIGKILL)  # the process alone: its children must die by themselves
+    with Temporaries(folder) as temporaries:
+        process = _start(command.argv(folder, rerun), log)
+        armed = time.monotonic() if temp == 0 else None
+        while process.poll() is None:
+            if armed is None and len(temporaries.seen) >= temp:
+                armed = time.monotonic()
+            left = delay - (time.monotonic() - armed) if armed is not None else 0.05
+            if armed is not None and left <= 0:
+                break
+            temporaries.wait(min(left, 0.05))
+        else:
+            log.close()
+            return process.returncode
+        os.kill(
+            process.pid, signal.SIGKILL
+        )  # the process alone: its children must die by themselves
+        writing = bool(temporaries.now)
     process.wait()
     log.close()
-    writing = bool(now)
     time.sleep(0.2)
     orphans = _group(process.pid)
     while _group(process.pid):
@@ -176,14 +183,59 @@ def _start(argv: list[str], log) -> subprocess.Popen:
     )
 
 
-def _temporaries(folder: Path, watched) -> set[str]:
-    found = set()
-    for sub in watched:
-        try:
-            found.update(e.name for e in os.scandir(folder / sub) if TEMP in e.name)
-        except OSError:
-            pass
-    return found
+class Temporaries:
+    """The temporary files (`atomic.TEMP` in the name) created under `folder` and the folders
+    made in it, as inotify reports them: a poll would miss the writes shorter than its
+    interval. `seen`: every one so far; `now`: those not yet renamed or deleted."""
+
+    CREATE, DELETE, MOVED_FROM, ISDIR = 0x100, 0x200, 0x40, 0x40000000
+
+    def __init__(self, folder: Path):
+        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.folders: dict[int, Path] = {}
+        self.seen: set[str] = set()
+        self.now: set[str] = set()
+        self._watch(folder)
+
+    def __enter__(self) -> Temporaries:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+    def _watch(self, folder: Path) -> None:
+        mask = self.CREATE | self.DELETE | self.MOVED_FROM
+        handle = _libc.inotify_add_watch(self.fd, os.fsencode(folder), mask)
+        if handle < 0:
+            return  # gone already
+        self.folders[handle] = folder
+        for entry in os.scandir(folder):  # made before the watch
+            self._created(folder, entry.name, entry.is_dir(follow_symlinks=False))
+
+    def _created(self, folder: Path, name: str, is_dir: bool) -> None:
+        if TEMP in name:
+            self.seen.add(name)
+            self.now.add(name)
+        elif is_dir:
+            self._watch(folder / name)
+
+    def wait(self, seconds: float) -> None:
+        """Take in what happened, waiting up to `seconds` for something to."""
+        if not select.select([self.fd], [], [], max(seconds, 0))[0]:
+            return
+        data = os.read(self.fd, 1 << 16)
+        offset = 0
+        while offset < len(data):
+            handle, mask, _, size = struct.unpack_from("iIII", data, offset)
+            name = data[offset + 16 : offset + 16 + size].rstrip(b"\0").decode()
+            offset += 16 + size
+            folder = self.folders.get(handle)
+            if folder is None or not name:
+                continue
+            if mask & self.CREATE:
+                self._created(folder, name, bool(mask & self.ISDIR))
+            else:
+                self.now.discard(name)
 
 
 def _group(pgid: int) -> list[int]:
@@ -202,12 +254,12 @@ def _group(pgid: int) -> list[int]:
 def clean_run(command: Command, folder: Path) -> tuple[float, int]:
     """The reference run: its seconds and how many temporaries it wrote."""
     folder.mkdir(parents=True)
-    with open(folder / "log.txt", "ab") as log:
-        started, seen = time.monotonic(), set()
+    with open(folder / "log.txt", "ab") as log, Temporaries(folder) as temporaries:
+        started = time.monotonic()
         process = _start(command.argv(folder, rerun=False), log)
         while process.poll() is None:
-            seen |= _temporaries(folder, command.watched)
-            time.sleep(0.001)
+            temporaries.wait(0.05)
+        seen = temporaries.seen
     if process.returncode:
         raise SystemExit(f"clean {command.name} failed:\n{(folder / 'log.txt').read_text()}")
     command.reference(folder)
