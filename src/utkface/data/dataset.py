@@ -16,13 +16,12 @@ opens the cache at once.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import mmap
 import multiprocessing
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from utkface.data.records import (
     write_skipped,
 )
 from utkface.runtime import images as image_io
+from utkface.runtime.atomic import building_dir
 from utkface.runtime.errors import OptionError, UtkfaceError
 from utkface.runtime.lifeline import Lifeline
 from utkface.runtime.names import GENDERS, Label, LabelError, parse_name
@@ -243,9 +243,7 @@ def _build_cache(
 
     def fill(building: Path) -> dict:
         def allocate(count: int) -> np.ndarray:
-            return np.lib.format.open_memmap(
-                building / "pixels.npy", mode="w+", dtype=np.uint8, shape=(count, side, side, 3)
-            )
+            return _reserved_memmap(building / "pixels.npy", (count, side, side, 3))
 
         result = scanner(source, side, workers, progress, allocate=allocate, limits=limits)
         if len(result.images) < len(np.load(building / "pixels.npy", mmap_mode="r")):
@@ -267,10 +265,11 @@ def build_cache(cache_dir: Path, fill: Callable[[Path], dict]) -> None:
     """Build the cache folder `cache_dir` atomically: `fill(folder)` writes its files into a
     hidden folder beside it and returns its metadata, which is written last as `meta.json` (the
     mark of a complete cache, `caches.py`); then the folder is renamed into place, so a reader
-    sees no cache or a whole one. A concurrent build that finished first wins."""
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
-    try:
+    sees no cache or a whole one. A concurrent build that finished first wins.
+
+    The hidden folder is `atomic.building_dir`'s: a build killed midway leaves it behind, and
+    the next build of the same cache deletes it; a full disk is one `DiskFullError`."""
+    with building_dir(cache_dir) as building:
         meta = fill(building)
         (building / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
@@ -278,8 +277,22 @@ def build_cache(cache_dir: Path, fill: Callable[[Path], dict]) -> None:
         except OSError:
             if not (cache_dir / "meta.json").is_file():  # not a concurrent build that won
                 raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
+
+
+def _reserved_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new `.npy` of uint8 zeros, memory-mapped for writing, with its disk blocks reserved:
+    pages of a sparse mapping that find the disk full kill the process (SIGBUS) when written,
+    where reserving them first fails here, as an OSError."""
+    pixels = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return pixels
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it
+                raise
+    return pixels
 
 
 def _open_cache(cache_dir: Path) -> Dataset:

@@ -37,7 +37,7 @@ from torch import nn
 from utkface.models.preprocess import Preprocess
 from utkface.models.registry import build_model, model_entry, model_tasks
 from utkface.runtime import released
-from utkface.runtime.atomic import atomic_open, atomic_write
+from utkface.runtime.atomic import atomic_write
 from utkface.runtime.errors import CheckpointError, OptionError
 from utkface.runtime.model_info import describe_model
 from utkface.runtime.names import GENDERS, MAX_AGE, RACES
@@ -89,8 +89,11 @@ def save_checkpoint(
         "state_dict": _cpu_state_dict(model),
     }
     state.update(extra or {})
-    with atomic_open(path) as file:
-        torch.save(_plain(state), file)
+    # Into memory first: torch.save turns a failed write into a RuntimeError without its
+    # cause, which would hide a full disk (atomic_write reports it, naming `path`).
+    buffer = io.BytesIO()
+    torch.save(_plain(state), buffer)
+    atomic_write(path, buffer.getbuffer())
 
 
 def save_safetensors(

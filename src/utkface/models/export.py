@@ -39,7 +39,7 @@ from utkface.models.checkpoint import load_checkpoint, safetensors_bytes
 from utkface.models.inference import predict_arrays
 from utkface.models.preprocess import Preprocess
 from utkface.models.registry import decode_outputs
-from utkface.runtime.atomic import atomic_write
+from utkface.runtime.atomic import atomic_write, remove_stale
 from utkface.runtime.backends import predict_batches
 from utkface.runtime.errors import TRAIN_HINT, OptionError, UtkfaceError, require
 from utkface.runtime.images import ImageError, load_rgb
@@ -116,7 +116,7 @@ def export_onnx(
         differences = check_parity(proto.SerializeToString(), model, meta["preprocess"], batch)
         if verbose:
             print(format_parity(differences, len(batch)))
-    atomic_write(out, proto.SerializeToString())
+    _write(out, proto.SerializeToString())
     if verbose:
         print(f"wrote {out} (opset {opset}, {out.stat().st_size / 1e6:.1f} MB)")
     return out
@@ -312,10 +312,16 @@ def export_safetensors(
         differences = compare_outputs(expected, got, tolerance, what)
         if verbose:
             print(format_parity(differences, len(batch), what, tolerance))
-    atomic_write(out, blob)
+    _write(out, blob)
     if verbose:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out
+
+
+def _write(out: Path, data: bytes) -> None:
+    """`data` into `out` atomically, after deleting what an export killed midway left beside it."""
+    remove_stale(out.parent, out.name)
+    atomic_write(out, data)
 
 
 def _is_image_name(name: str) -> bool:

@@ -5,9 +5,9 @@ from `UtkfaceError`, and its message names the file or option and the problem. T
 prints those as one line and exits with status 2; any other exception is a bug and keeps its
 traceback. The concrete types live beside the code that raises them (`ImageError` in
 `images.py`, `SourceError` in `sources.py`, `ConfigError` in `config.py`, ...), or here when
-several stages raise them (`CheckpointError` for model files of either format); each also
-derives from the builtin it used to be (ValueError, ImportError, ...), so existing
-`except ValueError` code keeps working.
+several stages raise them (`CheckpointError` for model files of either format, `DiskFullError`
+for a write that found no room); each also derives from the builtin it used to be (ValueError,
+ImportError, OSError, ...), so existing `except ValueError` code keeps working.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ class MissingExtra(UtkfaceError, ImportError):
 class CheckpointError(UtkfaceError, ValueError):
     """A model file (checkpoint or ONNX export) that is not usable, not safe or not the one
     expected; the message names it."""
+
+
+class DiskFullError(UtkfaceError, OSError):
+    """A write failed for want of room: no space left on the device (ENOSPC), a file size
+    limit (EFBIG) or a disk quota (EDQUOT). The message names the file; whatever was being
+    written was not left in place of a whole file (`atomic.writing`)."""
 
 
 # PyTorch and what only training needs are an extra: the runtime runs on ONNX Runtime.

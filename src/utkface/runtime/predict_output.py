@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from utkface.runtime.atomic import atomic_open
+from utkface.runtime.atomic import atomic_open, remove_stale
 from utkface.runtime.errors import OptionError, require
 from utkface.runtime.predict_inputs import PARQUET_HINT
 from utkface.runtime.results import Prediction
@@ -104,8 +104,7 @@ class PartWriter:
                 f"{self.folder} already holds {len(parts)} part files of an earlier run: "
                 "add --resume to continue it, or choose another --out"
             )
-        for temp in self.folder.glob(".part-*"):  # torn writes of a killed run
-            temp.unlink()
+        remove_stale(self.folder)  # the unfinished parts of a run that was killed
         self.done = done_sources(parts)
         self.number = max((int(_PART.fullmatch(p.name)[1]) + 1 for p in parts), default=0)
         self.buffer: list[Prediction] = []
@@ -174,6 +173,7 @@ def join_parts(folder: Path, out: Path) -> None:
     """Concatenate `folder`'s parts into `out` (one CSV header) atomically, then remove
     `folder`."""
     parts = list_parts(folder)
+    remove_stale(out.parent, out.name)  # a join that was killed
     with atomic_open(out, "wb") as target:
         if not parts and out.suffix.lower() == ".csv":
             target.write(encode([], "csv"))  # the header alone

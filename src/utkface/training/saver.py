@@ -1,5 +1,7 @@
 """The run folder's checkpoints: `last.pt` every epoch (and on Ctrl-C) with everything resume
 needs, `best.pt` whenever the validation score improves, with weights and metadata only.
+Resume starts from the last whole `last.pt` (each is written atomically), so a run killed at
+any moment (kill -9 included) loses at most the epoch it was in.
 
 Only rank 0 writes; on resume every rank reads `last.pt`, so under torchrun on several nodes
 the run folder must be on a filesystem all of them share.
@@ -75,11 +77,12 @@ class CheckpointSaver:
     ) -> None:
         """`last.pt`, and `best.pt` from `selected` when `score` beats every earlier epoch."""
         best = score < state["best_score"]
-        if best:
-            state["best_score"] = score
-        self.save_last(model, optimizer, state, row)
         if best:  # weights and metadata only: best.pt is for using, not resuming
+            state["best_score"] = score
             self.save(selected, state, self.out / "best.pt", row)
+        # last.pt after best.pt: a run killed between the two redoes the epoch and writes its
+        # best.pt again, where the other order would resume past a best.pt never written.
+        self.save_last(model, optimizer, state, row)
 
     def best(self) -> dict:
         return read_checkpoint(self.out / "best.pt")

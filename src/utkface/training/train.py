@@ -35,7 +35,7 @@ from utkface.data.multisource import prepare_sources
 from utkface.evaluation import fairness
 from utkface.models.checkpoint import init_weights, model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
-from utkface.runtime.atomic import atomic_write
+from utkface.runtime.atomic import atomic_write, remove_stale
 from utkface.runtime.cpu_threads import CoreShare
 from utkface.training import sampling, seed_pair
 from utkface.training.augment import Augment
@@ -201,6 +201,8 @@ class Trainer:
     def _start(self, resume: bool):
         """The model, optimizer, checkpoint saver and run state, fresh or from `last.pt`."""
         config = self.config
+        if resume and not (self.out / "last.pt").is_file():
+            resume = False  # stopped before its first last.pt: the run starts over
         _seed_everything(config.seed)  # the initial weights: the same on every rank
         pretrained = config.pretrained and not resume and not config.init
         model = build_model(config.model, config.tasks, pretrained, **self.spec["kwargs"])
@@ -214,6 +216,8 @@ class Trainer:
         saver = CheckpointSaver(
             self.out, self.spec, self.preprocess, config.to_dict(), self.average
         )
+        if self.cluster.main:
+            remove_stale(self.out)  # what a killed run was writing
         if resume:
             state = saver.resume(model, optimizer, self.subset)
             if self.cluster.main:
