@@ -102,7 +102,7 @@ def time_stages(files: list[Path], model: Path) -> None:
     batch = np.stack(crops)
     for settings in SESSION_SETTINGS:
         session = _session(model, **settings)
-        for batch_size in (1, 32, 64, 128):
+        for batch_size in (1, 8, 16, 32, 64):
             count = min(len(batch), 256 if batch_size == 1 else 1024)
             pieces = [batch[i : i + batch_size] for i in range(0, count, batch_size)]
             session(pieces[0])  # warm-up: first-call allocations

@@ -92,7 +92,7 @@ def test_plan_and_markdown(tmp_path):
         (  # the released model over 6 real crops: each stage, in-process and the whole command
             "predict_speed",
             ["--images", "6", "--repeats", "1", "--stages"],
-            r"model alone, batch  32, threads 2.*\n(.*\n)*in-process.*: 6 crops, best \d+ faces/s"
+            r"model alone, batch  16, threads 2.*\n(.*\n)*in-process.*: 6 crops, best \d+ faces/s"
             r"(.*\n)*whole command.*: 6 results in [\d.]+ s",
         ),
         (
