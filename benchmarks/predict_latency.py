@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import random_checkpoint
+from benchmarks.inputs import composite
 from utkface.data.dataset import default_source
 from utkface.runtime.predict import Predictor
 from utkface.runtime.sources import iter_members
@@ -113,14 +114,6 @@ def write_crops(folder: Path, count: int) -> list[Path]:
         paths.append(folder / f"{index:04d}.jpg")
         paths[-1].write_bytes(data)
     return paths
-
-
-def composite(crops: list[Image.Image]) -> Image.Image:
-    canvas = Image.new("RGB", (900, 600), (90, 120, 150))
-    for index, crop in enumerate(crops):
-        side = 110 + 30 * index
-        canvas.paste(crop.convert("RGB").resize((side, side)), (20 + 220 * index, 40 + 90 * index))
-    return canvas
 
 
 if __name__ == "__main__":

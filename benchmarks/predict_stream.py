@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from benchmarks.common import random_checkpoint
-from benchmarks.predict_latency import composite
+from benchmarks.inputs import composite
 from utkface.data.dataset import default_source
 from utkface.runtime.predict_output import list_parts
 from utkface.runtime.sources import iter_members

@@ -89,6 +89,12 @@ def test_plan_and_markdown(tmp_path):
             ["--images", "4", "--batch-size", "2", "--repeats", "2"],
             r"4 crop files, batch 2, --faces auto +\d+\.\d+ images/s",
         ),
+        (  # the released model over 6 real crops: each stage, in-process and the whole command
+            "predict_speed",
+            ["--images", "6", "--repeats", "1", "--stages"],
+            r"model alone, batch  16, threads 2.*\n(.*\n)*in-process.*: 6 crops, best \d+ faces/s"
+            r"(.*\n)*whole command.*: 6 results in [\d.]+ s",
+        ),
         (
             "augment_speed",
             ["--batch", "4", "--size", "32", "--repeat", "1", "--photo", "0", "1"],
@@ -98,7 +104,7 @@ def test_plan_and_markdown(tmp_path):
             "serve_load",
             [
                 "--backends",
-                "torch",
+                "onnx",
                 "--clients",
                 "1",
                 "--requests",
@@ -112,8 +118,8 @@ def test_plan_and_markdown(tmp_path):
                 "--seconds",
                 "60",
             ],  # fmt: skip
-            r"\| torch \| 1 \| 1 \| 6 \| 6 \| 0 \| 0 \| [\d.]+ \| \d+ \| \d+ \|\n"
-            r"\| torch \| 3 \| 1 \| 6 \| \d \| \d \| 0 \| .*\n\nload average .* errors 0 ",
+            r"\| onnx \| 1 \| 1 \| 6 \| 6 \| 0 \| 0 \| 1\.00 \| [\d.]+ \| \d+ \| \d+ \|\n"
+            r"\| onnx \| 3 \| 1 \| 6 \| \d \| \d \| 0 \| .*\n\nload average .* errors 0 ",
         ),
     ],
 )

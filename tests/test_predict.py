@@ -142,6 +142,23 @@ def test_aligned_equals_the_evaluation_forward_pass_at_any_batch_size(checkpoint
             np.testing.assert_allclose(got, want[key], atol=atol, err_msg=key)
 
 
+def test_streamed_batches_equal_one_by_one_on_the_released_model(make_faces, tmp_path):
+    """As `utkface predict` runs it (ONNX Runtime, decode processes): more inputs than are in
+    flight at once, batches of any size, each result that of its own input predicted alone."""
+    files = make_faces(tmp_path / "faces", count=40, size=72)
+    predictor = Predictor.from_pretrained(faces="aligned", processes=True, workers=2)
+    alone = [predictor.backend(load_rgb(path, predictor.size)[None]) for path in files]
+    assert np.std([outputs["age"][0] for outputs in alone]) > 0.1  # a mix-up would show
+    for batch_size in (1, 7, 16):
+        predictor.batch_size = batch_size  # window 4 x batch: 4, 28, 64 inputs in flight
+        results = list(predictor.predict_iter(files))
+        assert [result.source for result in results] == [str(path) for path in files]
+        for result, outputs in zip(results, alone):
+            (face,) = result.faces
+            assert face.age == pytest.approx(float(outputs["age"][0]), abs=1e-3)
+            assert face.gender_prob == pytest.approx(float(outputs["gender_prob"][0]), abs=1e-5)
+
+
 def test_every_format_mode_and_exif_orientation(predictor, tmp_path):
     rgb = Image.fromarray(smooth_images(1, size=40)[0]).resize((60, 40))
     rotated = rgb.getexif()

@@ -217,3 +217,33 @@ def test_cli_refuses_bad_limits_before_loading_anything(capsys):
     assert "queue >= 0, got 1, -1" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", "missing.pt", "--workers", "0"]) == 2
     assert "workers must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_sixteen_concurrent_requests_each_get_their_own_answer(jpeg_bytes):
+    """16 clients at once, each with its own picture, on the released model (ONNX Runtime):
+    every one is answered 200 with the prediction of its own picture, as if sent alone."""
+    predictor = Predictor.from_pretrained(faces="aligned")
+    photos = [jpeg_bytes(seed, size=96) for seed in range(16)]
+    alone = [predictor.predict(photo).faces[0] for photo in photos]
+    app = create_app(predictor, admission=Admission(queue=16))
+
+    async def scenario():
+        async with client_for(app) as client:
+            posts = [client.post("/api/predict", content=photo) for photo in photos]
+            answers = [None] * len(posts)
+
+            async def send(index):
+                answers[index] = await posts[index]
+
+            async with anyio.create_task_group() as group:
+                for index in range(len(posts)):
+                    group.start_soon(send, index)
+        return answers
+
+    answers = anyio.run(scenario)
+    assert [answer.status_code for answer in answers] == [200] * 16
+    ages = [answer.json()["faces"][0]["age"] for answer in answers]
+    assert ages == [round(face.age, 1) for face in alone]
+    females = [answer.json()["faces"][0]["female_probability"] for answer in answers]
+    assert females == [round(face.gender_prob, 4) for face in alone]
+    assert len(set(ages)) > 8  # the pictures differ, so a mix-up would show

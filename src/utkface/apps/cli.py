@@ -407,7 +407,9 @@ def add_predict_parser(subparsers) -> None:
     parser.add_argument(
         "--annotate", metavar="DIR", help="write copies with faces boxed and labelled"
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="face crops per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="face crops per forward pass (default 16)"
+    )
     parser.add_argument(
         "--workers",
         type=int,

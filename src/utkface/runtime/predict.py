@@ -69,7 +69,7 @@ class Predictor:
         self,
         backend,
         faces: str = "auto",
-        batch_size: int = 32,
+        batch_size: int = 16,
         workers: int | None = None,
         backend_name: str = "custom",
         processes: bool = False,
@@ -128,7 +128,9 @@ class Predictor:
         check_mode(mode)
         if mode != "aligned":
             face_finder.require_detector(self.detector)  # fail before the run, naming the extra
-        window = max(2 * self.workers, 4)
+        # Inputs in flight: the workers decode the next batches while the model runs on one
+        # (with 4 in flight they waited through each forward pass; BENCHMARKS.md, issue 21).
+        window = max(2 * self.workers, 4 * self.batch_size)
         with self._pool() as pool:
             pending: list[Prepared] = []
             queued: deque = deque()
