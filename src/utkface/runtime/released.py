@@ -28,13 +28,16 @@ from pathlib import Path
 
 from utkface.runtime.errors import CheckpointError, OptionError
 
-NAME = "utkface-mnv2-112-2026.11"  # model family, input side, release
+NAME = "utkface-mnv2-112-2026.12"  # model family, input side, release
 FILES = {"onnx": f"{NAME}.onnx", "torch": f"{NAME}.safetensors"}  # backend -> file
 SHA256 = {
-    "onnx": "de2a49e25bc6b401f94f3f206c800efc061379f30a550b618fda2f3d60304f84",
-    "torch": "9d415afb73fe651d78b601784e3fac73346c5032dfa289a82697f949fee0379d",
+    "onnx": "0a997d74d4201cb6df34baee2e26e2aedbdc4e18275a63f97c9906641121ad66",
+    "torch": "a1e6c2eb74fcafd23b7376f13afac8a41877f7057d05fb1bc90e31a26cb06798",
 }
-TERMS = "weights trained on UTKFace: non-commercial research use only (see MODEL_CARD.md)"
+TERMS = (
+    "weights trained on UTKFace (non-commercial research use only) and FairFace (CC BY 4.0, "
+    "attribution): see MODEL_CARD.md"
+)
 
 
 def path(backend: str = "onnx") -> Path:
