@@ -28,7 +28,6 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -127,31 +126,20 @@ def measure(workload: str, mode: str, data: str | None, seconds: float, batch: i
     return {"rate": rate, "threads": torch.get_num_threads()}
 
 
-class _Enough(Exception):
-    """Raised from `on_step` to stop `train` once the timed steps are done."""
-
-
 def train_rate(dataset, mode: str, seconds: float, batch: int) -> float:
+    from benchmarks.steps import step_marks
     from utkface.training.config import resolve_config
-    from utkface.training.train import train
 
     threads = os.cpu_count() if mode == "before" else 0  # 0: CoreShare follows the free cores
     config = resolve_config(
         size=SIZE, batch_size=batch, pretrained=False, device="cpu", threads=threads, epochs=1
     )
-    marks: list[float] = []
 
-    def on_step(step: int) -> None:
-        marks.append(time.perf_counter())
+    def enough(marks: list[float]) -> bool:
         timed = len(marks) - 1 - WARMUP_STEPS
-        if timed >= 2 and marks[-1] - marks[WARMUP_STEPS] >= seconds:
-            raise _Enough
+        return timed >= 2 and marks[-1] - marks[WARMUP_STEPS] >= seconds
 
-    with tempfile.TemporaryDirectory() as out:
-        try:
-            train(config, dataset, out, progress=False, report_test=False, on_step=on_step)
-        except _Enough:
-            pass
+    marks = step_marks(config, dataset, enough)
     timed = len(marks) - 1 - WARMUP_STEPS
     return timed * batch / (marks[-1] - marks[WARMUP_STEPS])
 

@@ -150,6 +150,24 @@ class _Enough(Exception):
     """Raised from `on_step` to stop `train` once the timed steps are done."""
 
 
+def step_marks(config, dataset, enough) -> list[float]:
+    """Run `train.train` and return the `perf_counter` time at the end of each step, until
+    `enough(marks)` says the steps timed so far suffice (then training is stopped)."""
+    marks: list[float] = []
+
+    def on_step(step: int) -> None:
+        marks.append(time.perf_counter())
+        if enough(marks):
+            raise _Enough
+
+    with tempfile.TemporaryDirectory() as out:
+        try:
+            train(config, dataset, out, progress=False, report_test=False, on_step=on_step)
+        except _Enough:
+            pass
+    return marks
+
+
 def train_speed(
     model: str,
     steps: int,
@@ -174,18 +192,7 @@ def train_speed(
     )
     # One epoch longer than the timed steps, so it never reaches validation.
     dataset = synthetic_dataset(config.batch_size * (warmup + steps + 2), config.size)
-    marks: list[float] = []
-
-    def on_step(step: int) -> None:
-        marks.append(time.perf_counter())
-        if len(marks) == warmup + steps + 1:
-            raise _Enough
-
-    with tempfile.TemporaryDirectory() as out:
-        try:
-            train(config, dataset, out, progress=False, report_test=False, on_step=on_step)
-        except _Enough:
-            pass
+    marks = step_marks(config, dataset, lambda marks: len(marks) == warmup + steps + 1)
     seconds = np.diff(marks)[warmup:]  # step k's time = mark k - mark k-1; drop the warm-up
     per_step = float(np.median(seconds))
     rate = config.batch_size / per_step
