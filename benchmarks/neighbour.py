@@ -21,17 +21,16 @@ the kernel kills every child if this process dies first (no orphans).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from utkface.runtime.cpu_threads import OPENMP_PREFIXES, others_busy, parse_stat, passive_openmp
+from utkface.runtime.lifeline import Lifeline
 
 WORKLOADS = ("train", "torch", "onnx")
 MODES = ("before", "after")
@@ -79,10 +78,10 @@ def run_child(workload: str, mode: str, args, neighbour: bool) -> dict:
     spinner, start = None, _cpu_sample()
     if neighbour:
         spin = [sys.executable, "-c", "while True: pass"]
-        spinner = subprocess.Popen(spin, preexec_fn=_die_with_parent)
+        spinner = subprocess.Popen(spin, preexec_fn=Lifeline.here().hold)
     try:
         done = subprocess.run(
-            command, env=env, capture_output=True, text=True, preexec_fn=_die_with_parent
+            command, env=env, capture_output=True, text=True, preexec_fn=Lifeline.here().hold
         )
     finally:
         if spinner is not None:
@@ -102,12 +101,6 @@ def _cpu_sample():
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     stat = parse_stat(Path("/proc/stat").read_text(), os.sched_getaffinity(0))
     return stat, usage.ru_utime + usage.ru_stime
-
-
-def _die_with_parent() -> None:
-    """In a child, before it runs: the kernel kills it when this process dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def measure(workload: str, mode: str, data: str | None, seconds: float, batch: int) -> dict:
