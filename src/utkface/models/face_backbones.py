@@ -19,7 +19,6 @@ are in `FACE_WEIGHTS`; a checkpoint trained from one states them (`checkpoint.mo
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops import Conv2dNormActivation
 
-from utkface.runtime.errors import UtkfaceError
+from utkface.runtime.errors import CheckpointError, UtkfaceError
+from utkface.runtime.released import verify_sha256
 
 FOLDER_VARIABLE = "UTKFACE_FACE_WEIGHTS"
 DEFAULT_FOLDER = Path("..") / "shared" / "models" / "face"  # beside this checkout
@@ -100,21 +100,19 @@ def weights_folder() -> Path:
 
 def read_weights(name: str) -> dict[str, torch.Tensor]:
     """The tensors of `FACE_WEIGHTS[name]`, after checking the file's SHA-256."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     weights = FACE_WEIGHTS[name]
     path = weights_folder() / weights.file
     fix = f"set {FOLDER_VARIABLE} to the folder holding it, or train with --no-pretrained"
     if not path.is_file():
         raise PretrainedWeightsError(f"{path}: no such file (the {name} weights); {fix}")
-    with path.open("rb") as file:
-        actual = hashlib.file_digest(file, "sha256").hexdigest()
-    if actual != weights.sha256:
-        raise PretrainedWeightsError(
-            f"{path}: SHA-256 {actual} is not the expected {weights.sha256} (damaged or another "
-            f"file); {fix}"
-        )
-    return load_file(path)
+    data = path.read_bytes()  # read once: checked, then parsed
+    try:
+        verify_sha256(path, data, weights.sha256)
+    except CheckpointError as error:
+        raise PretrainedWeightsError(f"{error}; {fix}") from error
+    return load(data)
 
 
 def load_backbone(module: nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None:
