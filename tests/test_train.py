@@ -156,6 +156,32 @@ def test_run_folder(finished_run, real_dataset):
     assert best["labels"]["gender"] == {"0": "male", "1": "female"}
 
 
+def test_init_carries_the_start_of_the_checkpoint_it_starts_from(finished_run, real_dataset):
+    """A run started with --init descends from that checkpoint's face-pretrained start, not
+    from a pretrained start of its own: its checkpoints record the source's `start`."""
+    from utkface.models.face_backbones import FACE_WEIGHTS
+
+    _, out, _ = finished_run
+    model, meta = load_checkpoint(out / "best.pt")
+    start = FACE_WEIGHTS["mobilefacenet"].provenance()
+    source = out.parent / "with-start.pt"
+    save_checkpoint(source, model, {**meta["model"], "start": start}, meta["preprocess"])
+    tuned = out.parent / "tuned"
+    train(
+        small_config(epochs=1, init=str(source)), real_dataset, tuned, subset=SUBSET, progress=False
+    )
+    assert read_checkpoint(tuned / "best.pt")["model"]["start"] == start
+    plain = out.parent / "plain"
+    train(
+        small_config(epochs=1, init=str(out / "best.pt")),
+        real_dataset,
+        plain,
+        subset=SUBSET,
+        progress=False,
+    )
+    assert "start" not in read_checkpoint(plain / "best.pt")["model"]
+
+
 def test_best_checkpoint_reloads_to_identical_predictions(finished_run, real_dataset, tmp_path):
     config, out, result = finished_run
     model, meta = load_checkpoint(out / "best.pt")

@@ -210,6 +210,14 @@ def init_weights(model: nn.Module, name: str, tasks, source: str | os.PathLike) 
     return len(kept)
 
 
+def init_start(source: str | os.PathLike) -> dict | None:
+    """The `start` of the checkpoint `source` (as for `init_weights`): the face-pretrained
+    weights it descends from, which a run started from it descends from too (None: ImageNet
+    or no pretrained start)."""
+    path = released.path("torch") if str(source) == "released" else Path(source)
+    return (read_checkpoint(path).get("model") or {}).get("start")
+
+
 def describe_checkpoint(source: str | os.PathLike) -> str:
     """What `utkface info` prints for a checkpoint (`model_info.describe_model`)."""
     path, data = _path_and_bytes(source)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from utkface.data.dataset import Dataset
 from utkface.data.multisource import prepare_sources
 from utkface.evaluation import fairness
-from utkface.models.checkpoint import init_weights, model_spec
+from utkface.models.checkpoint import init_start, init_weights, model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
 from utkface.runtime.atomic import atomic_write, remove_stale
 from utkface.runtime.cpu_threads import CoreShare
@@ -134,7 +134,12 @@ class Trainer:
         entry = model_entry(config.model)
         self.preprocess = entry.preprocess(config.size)
         options = {name: getattr(config, name) for name in entry.options}
-        self.spec = model_spec(config.model, config.tasks, config.pretrained, **options)
+        # --init replaces the pretrained start: the run descends from that checkpoint's start
+        pretrained = config.pretrained and not config.init
+        self.spec = model_spec(config.model, config.tasks, pretrained, **options)
+        start = init_start(config.init) if config.init else None
+        if start:
+            self.spec["start"] = start
         self.tasks = model_tasks(config.model, config.tasks)
         self.split = {
             name: sampling.subset_indices(dataset.indices(name), subset, config.seed)
