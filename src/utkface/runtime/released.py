@@ -14,7 +14,7 @@ Two files of the same model, one per backend (`path(backend)`):
 Each file's SHA-256 is checked against `SHA256` every time it is loaded (`verify_sha256`, by
 `onnx_backend.OnnxBackend` and `checkpoint.read_checkpoint`), so a damaged or replaced file is
 refused, not used. How the model was trained and how it scores is MODEL_CARD.md (with the
-ONNX export's parity against the PyTorch weights); its recipe is configs/release.toml. The
+ONNX export's parity against the PyTorch weights); its recipe is configs/release-v2.1.toml. The
 weights were trained on UTKFace, which is for non-commercial research only, and carry that
 restriction (the code's MIT licence does not cover them).
 """
@@ -28,11 +28,11 @@ from pathlib import Path
 
 from utkface.runtime.errors import CheckpointError, OptionError
 
-NAME = "utkface-mnv2-112-2026.12"  # model family, input side, release
+NAME = "utkface-mnv2-112-2026.12.1"  # model family, input side, release
 FILES = {"onnx": f"{NAME}.onnx", "torch": f"{NAME}.safetensors"}  # backend -> file
 SHA256 = {
-    "onnx": "0a997d74d4201cb6df34baee2e26e2aedbdc4e18275a63f97c9906641121ad66",
-    "torch": "a1e6c2eb74fcafd23b7376f13afac8a41877f7057d05fb1bc90e31a26cb06798",
+    "onnx": "921cf4f99b6c88b4ea9afcdc722c263c7aa764d3329edc2e64b8851028487332",
+    "torch": "fe1504df146e04d6aae314d6871e26f4e3f118686be9c6db72a3bceb10172e08",
 }
 TERMS = (
     "weights trained on UTKFace (non-commercial research use only) and FairFace (CC BY 4.0, "
