@@ -193,8 +193,9 @@ def test_init_weights_copies_the_network_and_keeps_new_heads(checkpoint):
     torch.manual_seed(1)
     model = build_model("mobilenet_v2", ("age", "gender", "race"), pretrained=False)
     fresh_race = model.heads["race"].weight.detach().clone()
-    copied = init_weights(model, "mobilenet_v2", ("age", "gender", "race"), checkpoint)
+    copied, start = init_weights(model, "mobilenet_v2", ("age", "gender", "race"), checkpoint)
     assert copied == len(source.state_dict())
+    assert start is None  # an ImageNet network: no face-pretrained start to carry
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     assert torch.equal(model.heads["race"].weight, fresh_race)

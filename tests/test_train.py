@@ -158,7 +158,8 @@ def test_run_folder(finished_run, real_dataset):
 
 def test_init_carries_the_start_of_the_checkpoint_it_starts_from(finished_run, real_dataset):
     """A run started with --init descends from that checkpoint's face-pretrained start, not
-    from a pretrained start of its own: its checkpoints record the source's `start`."""
+    from a pretrained start of its own: its checkpoints record the source's `start`, also
+    after a resume, which does not read the --init file again."""
     from utkface.models.face_backbones import FACE_WEIGHTS
 
     _, out, _ = finished_run
@@ -166,11 +167,19 @@ def test_init_carries_the_start_of_the_checkpoint_it_starts_from(finished_run, r
     start = FACE_WEIGHTS["mobilefacenet"].provenance()
     source = out.parent / "with-start.pt"
     save_checkpoint(source, model, {**meta["model"], "start": start}, meta["preprocess"])
-    tuned = out.parent / "tuned"
-    train(
-        small_config(epochs=1, init=str(source)), real_dataset, tuned, subset=SUBSET, progress=False
-    )
-    assert read_checkpoint(tuned / "best.pt")["model"]["start"] == start
+    tuned, config = out.parent / "tuned", small_config(epochs=1, init=str(source))
+
+    def interrupt(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, real_dataset, tuned, subset=SUBSET, progress=False, on_step=interrupt)
+    assert read_checkpoint(tuned / "last.pt")["model"]["start"] == start
+    source.unlink()
+    train(config, real_dataset, tuned, subset=SUBSET, progress=False, resume=True)
+    for name in ("last.pt", "best.pt"):
+        assert read_checkpoint(tuned / name)["model"]["start"] == start, name
     plain = out.parent / "plain"
     train(
         small_config(epochs=1, init=str(out / "best.pt")),

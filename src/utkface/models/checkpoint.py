@@ -183,11 +183,15 @@ def load_checkpoint(
     return model, meta
 
 
-def init_weights(model: nn.Module, name: str, tasks, source: str | os.PathLike) -> int:
+def init_weights(
+    model: nn.Module, name: str, tasks, source: str | os.PathLike
+) -> tuple[int, dict | None]:
     """Copy the weights of the checkpoint `source` ("released": the model shipped in the
     package) into `model`, a fresh `name` network with heads `tasks`: a fine-tune's start.
     The checkpoint must hold the same network; heads it lacks keep their initialisation.
-    Returns how many tensors were copied."""
+    Returns how many tensors were copied, and the checkpoint's `start` (the face-pretrained
+    weights it descends from, which the fine-tune then descends from too; None: ImageNet or
+    no pretrained start)."""
     path = released.path("torch") if str(source) == "released" else Path(source)
     state = read_checkpoint(path)
     spec = state.get("model") or {}
@@ -207,15 +211,7 @@ def init_weights(model: nn.Module, name: str, tasks, source: str | os.PathLike) 
         model.load_state_dict(kept, strict=False)
     except RuntimeError as error:  # a shape differs: another width or head size
         raise CheckpointError(f"{path}: does not fit this network ({error})") from error
-    return len(kept)
-
-
-def init_start(source: str | os.PathLike) -> dict | None:
-    """The `start` of the checkpoint `source` (as for `init_weights`): the face-pretrained
-    weights it descends from, which a run started from it descends from too (None: ImageNet
-    or no pretrained start)."""
-    path = released.path("torch") if str(source) == "released" else Path(source)
-    return (read_checkpoint(path).get("model") or {}).get("start")
+    return len(kept), spec.get("start")
 
 
 def describe_checkpoint(source: str | os.PathLike) -> str:

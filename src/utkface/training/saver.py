@@ -91,6 +91,8 @@ class CheckpointSaver:
         """Load `last.pt` into `model`, `optimizer` and the average; return the run's state."""
         saved = read_checkpoint(self.out / "last.pt")
         model.load_state_dict(saved["state_dict"])
+        if "start" in saved["model"]:  # inherited through --init, which a resume does not reread
+            self.spec["start"] = saved["model"]["start"]
         state = saved["train_state"]
         if state.setdefault("subset", 1.0) != subset:
             # Another slice of the data would silently continue a different run.

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from utkface.data.dataset import Dataset
 from utkface.data.multisource import prepare_sources
 from utkface.evaluation import fairness
-from utkface.models.checkpoint import init_start, init_weights, model_spec
+from utkface.models.checkpoint import init_weights, model_spec
 from utkface.models.registry import build_model, model_entry, model_tasks
 from utkface.runtime.atomic import atomic_write, remove_stale
 from utkface.runtime.cpu_threads import CoreShare
@@ -134,12 +134,9 @@ class Trainer:
         entry = model_entry(config.model)
         self.preprocess = entry.preprocess(config.size)
         options = {name: getattr(config, name) for name in entry.options}
-        # --init replaces the pretrained start: the run descends from that checkpoint's start
+        # --init replaces the pretrained start: `_start` records that checkpoint's own start
         pretrained = config.pretrained and not config.init
         self.spec = model_spec(config.model, config.tasks, pretrained, **options)
-        start = init_start(config.init) if config.init else None
-        if start:
-            self.spec["start"] = start
         self.tasks = model_tasks(config.model, config.tasks)
         self.split = {
             name: sampling.subset_indices(dataset.indices(name), subset, config.seed)
@@ -212,7 +209,9 @@ class Trainer:
         pretrained = config.pretrained and not resume and not config.init
         model = build_model(config.model, config.tasks, pretrained, **self.spec["kwargs"])
         if config.init and not resume:
-            copied = init_weights(model, config.model, config.tasks, config.init)
+            copied, start = init_weights(model, config.model, config.tasks, config.init)
+            if start:
+                self.spec["start"] = start
             if self.cluster.main:
                 print(f"starting from {config.init}: {copied} tensors")
         model = model.to(self.device).to(memory_format=torch.channels_last)
